@@ -1,0 +1,244 @@
+"""T5.1.1 / mT5 building blocks in Flax NNX: norm, embedding, relative position
+bias, multi-head attention with a KV cache, and the (gated) MLP.
+
+Every parameter carries `logical_axes` metadata (see `partitioning.py`), and
+activations are constrained by logical name with `partitioning.constrain`.
+Shapes use: b batch, q query length, k key length, h heads, d head dim,
+e embedding (d_model), f MLP width, v vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from rosetta.partitioning import constrain
+
+NEG_INF = -1e10  # finite, so a fully masked row softmaxes to uniform, not NaN
+
+BATCH_LENGTH_EMBED = ('activation_batch', 'activation_length',
+                      'activation_embed')
+BATCH_LENGTH_HEADS_KV = ('activation_batch', 'activation_length',
+                         'activation_heads', 'activation_kv')
+CACHE_AXES = ('cache_batch', 'cache_length', 'cache_heads', 'cache_kv')
+
+
+def normal_init(key, shape, stddev, dtype):
+  return (stddev * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
+
+
+class RMSNorm(nnx.Module):
+  """T5 layer norm: scale only, no bias, no mean subtraction; float32 math."""
+
+  def __init__(self, dim: int, eps: float, dtype, param_dtype):
+    self.scale = nnx.Param(jnp.ones((dim,), param_dtype),
+                           logical_axes=('embed',))
+    self.eps = eps
+    self.dtype = dtype
+
+  def __call__(self, x):
+    x32 = x.astype(jnp.float32)
+    var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+    y = x32 * jax.lax.rsqrt(var + self.eps)
+    return (y * self.scale[...].astype(jnp.float32)).astype(self.dtype)
+
+
+class Embed(nnx.Module):
+  """Token embedding; `attend` reuses it as the tied output projection."""
+
+  def __init__(self, vocab_size: int, dim: int, dtype, param_dtype, *,
+               rngs: nnx.Rngs):
+    self.embedding = nnx.Param(
+        normal_init(rngs.params(), (vocab_size, dim), 1.0, param_dtype),
+        logical_axes=('vocab', 'embed'))
+    self.dtype = dtype
+
+  def __call__(self, tokens):
+    table = self.embedding[...].astype(self.dtype)
+    return constrain(jnp.take(table, tokens, axis=0), BATCH_LENGTH_EMBED)
+
+  def attend(self, x):
+    table = self.embedding[...].astype(self.dtype)
+    return jnp.einsum('ble,ve->blv', x, table,
+                      preferred_element_type=jnp.float32)
+
+
+def relative_position_bucket(relative_position, bidirectional: bool,
+                             num_buckets: int, max_distance: int):
+  """T5's bucketing of (key - query) distances: exact when small, log-spaced
+  up to `max_distance`, then clipped. Bidirectional uses half the buckets for
+  each sign; causal maps every future position to bucket 0."""
+  ret = 0
+  n = -relative_position  # query - key
+  if bidirectional:
+    num_buckets //= 2
+    ret += (n < 0).astype(jnp.int32) * num_buckets
+    n = jnp.abs(n)
+  else:
+    n = jnp.maximum(n, 0)
+  max_exact = num_buckets // 2
+  is_small = n < max_exact
+  # log of 0 is masked out by `is_small`; avoid the warning-free NaN path.
+  n_float = jnp.maximum(n, 1).astype(jnp.float32)
+  val_if_large = max_exact + (
+      jnp.log(n_float / max_exact) / math.log(max_distance / max_exact) *
+      (num_buckets - max_exact)).astype(jnp.int32)
+  val_if_large = jnp.minimum(val_if_large, num_buckets - 1)
+  return ret + jnp.where(is_small, n, val_if_large)
+
+
+class RelativePositionBias(nnx.Module):
+  """Learned scalar bias per (bucket, head), shared by all layers of a stack."""
+
+  def __init__(self, num_buckets: int, max_distance: int, num_heads: int,
+               bidirectional: bool, param_dtype, *, rngs: nnx.Rngs):
+    self.embedding = nnx.Param(
+        normal_init(rngs.params(), (num_buckets, num_heads),
+                    num_heads ** -0.5, param_dtype),
+        logical_axes=('relpos_buckets', 'heads'))
+    self.num_buckets = num_buckets
+    self.max_distance = max_distance
+    self.bidirectional = bidirectional
+
+  def __call__(self, query_positions, key_positions):
+    """Positions are (b, q) and (b, k) int arrays; returns (b, h, q, k) f32."""
+    rel = key_positions[:, None, :] - query_positions[:, :, None]
+    buckets = relative_position_bucket(rel, self.bidirectional,
+                                       self.num_buckets, self.max_distance)
+    bias = jnp.take(self.embedding[...].astype(jnp.float32), buckets, axis=0)
+    return jnp.transpose(bias, (0, 3, 1, 2))
+
+
+class MultiHeadAttention(nnx.Module):
+  """T5 attention: no 1/sqrt(d) scaling (folded into the query init), additive
+  relative position bias, boolean masks. Optional KV cache for decoding."""
+
+  def __init__(self, emb_dim: int, num_heads: int, head_dim: int,
+               dropout_rate: float, dtype, param_dtype, *, rngs: nnx.Rngs):
+    e, h, d = emb_dim, num_heads, head_dim
+    def param(shape, std, axes):
+      return nnx.Param(normal_init(rngs.params(), shape, std, param_dtype),
+                       logical_axes=axes)
+    self.query = param((e, h, d), (e * d) ** -0.5, ('embed', 'heads', 'kv'))
+    self.key = param((e, h, d), e ** -0.5, ('embed', 'heads', 'kv'))
+    self.value = param((e, h, d), e ** -0.5, ('embed', 'heads', 'kv'))
+    self.out = param((h, d, e), (h * d) ** -0.5, ('heads', 'kv', 'embed'))
+    self.dropout = nnx.Dropout(dropout_rate)
+    self.dtype = dtype
+    self.num_heads, self.head_dim = h, d
+    # Filled by `init_cache` / `set_static_kv`; None outside decoding.
+    self.cached_key: nnx.Cache | None = nnx.data(None)
+    self.cached_value: nnx.Cache | None = nnx.data(None)
+
+  def _project(self, x, kernel):
+    y = jnp.einsum('ble,ehd->blhd', x, kernel[...].astype(self.dtype))
+    return constrain(y, BATCH_LENGTH_HEADS_KV)
+
+  def project_kv(self, inputs_kv):
+    return (self._project(inputs_kv, self.key),
+            self._project(inputs_kv, self.value))
+
+  def init_cache(self, batch: int, max_length: int):
+    """Empty self-attention cache of `max_length` positions."""
+    shape = (batch, max_length, self.num_heads, self.head_dim)
+    zeros = constrain(jnp.zeros(shape, self.dtype), CACHE_AXES)
+    self.cached_key = nnx.Cache(zeros, logical_axes=CACHE_AXES)
+    self.cached_value = nnx.Cache(zeros, logical_axes=CACHE_AXES)
+
+  def set_static_kv(self, inputs_kv):
+    """Projects the encoder output once, for cross-attention while decoding."""
+    k, v = self.project_kv(inputs_kv)
+    self.cached_key = nnx.Cache(constrain(k, CACHE_AXES),
+                                logical_axes=CACHE_AXES)
+    self.cached_value = nnx.Cache(constrain(v, CACHE_AXES),
+                                  logical_axes=CACHE_AXES)
+
+  def __call__(self, inputs_q, inputs_kv=None, *, bias=None, mask=None,
+               cache_index=None, use_static_kv: bool = False,
+               deterministic: bool = True, rngs: nnx.Rngs | None = None,
+               return_probs: bool = False):
+    """inputs_q (b, q, e); inputs_kv (b, k, e) or None for self-attention.
+
+    cache_index: with a self-attention cache, write this chunk's keys and
+      values at [cache_index, cache_index + q) and attend over the cache.
+    use_static_kv: attend over the cross-attention K/V set by `set_static_kv`.
+    bias: (b|1, h, q, k) float32; mask: (b|1, 1, q, k) bool (True = attend).
+    """
+    q = self._project(inputs_q, self.query)
+    if use_static_kv:
+      k, v = self.cached_key[...], self.cached_value[...]
+    else:
+      k, v = self.project_kv(inputs_q if inputs_kv is None else inputs_kv)
+      if cache_index is not None:
+        start = (0, cache_index, 0, 0)
+        k = jax.lax.dynamic_update_slice(self.cached_key[...], k, start)
+        v = jax.lax.dynamic_update_slice(self.cached_value[...], v, start)
+        self.cached_key[...] = constrain(k, CACHE_AXES)
+        self.cached_value[...] = constrain(v, CACHE_AXES)
+    scores = jnp.einsum('bqhd,bkhd->bhqk', q, k,
+                        preferred_element_type=jnp.float32)
+    if bias is not None:
+      scores = scores + bias
+    if mask is not None:
+      scores = jnp.where(mask, scores, NEG_INF)
+    probs = jax.nn.softmax(scores, axis=-1)
+    dropped = self.dropout(probs, deterministic=deterministic, rngs=rngs)
+    ctx = jnp.einsum('bhqk,bkhd->bqhd', dropped.astype(self.dtype), v)
+    ctx = constrain(ctx, BATCH_LENGTH_HEADS_KV)
+    out = jnp.einsum('bqhd,hde->bqe', ctx, self.out[...].astype(self.dtype))
+    out = constrain(out, BATCH_LENGTH_EMBED)
+    return (out, probs) if return_probs else out
+
+
+def _activation(name: str):
+  fns = {
+      'relu': jax.nn.relu,
+      'gelu': lambda x: jax.nn.gelu(x, approximate=True),  # HF 'gelu_new'
+      'gelu_exact': lambda x: jax.nn.gelu(x, approximate=False),
+      'silu': jax.nn.silu,
+      'linear': lambda x: x,
+  }
+  if name not in fns:
+    raise ValueError(f'unknown MLP activation {name!r}; one of {sorted(fns)}')
+  return fns[name]
+
+
+class MlpBlock(nnx.Module):
+  """T5 feed-forward. ('gelu', 'linear') is T5.1.1's gated GELU
+  (wi_0, wi_1, wo); ('relu',) is the original T5 (wi, wo)."""
+
+  def __init__(self, emb_dim: int, mlp_dim: int, activations: Sequence[str],
+               dropout_rate: float, dtype, param_dtype, *, rngs: nnx.Rngs):
+    if len(activations) not in (1, 2):
+      raise ValueError(f'mlp_activations must have 1 or 2 entries, got '
+                       f'{tuple(activations)}')
+    self.activations = tuple(activations)
+    self.fns = tuple(_activation(a) for a in activations)
+    def param(shape, std, axes):
+      return nnx.Param(normal_init(rngs.params(), shape, std, param_dtype),
+                       logical_axes=axes)
+    if len(activations) == 1:
+      self.wi = param((emb_dim, mlp_dim), emb_dim ** -0.5, ('embed', 'mlp'))
+    else:
+      self.wi_0 = param((emb_dim, mlp_dim), emb_dim ** -0.5, ('embed', 'mlp'))
+      self.wi_1 = param((emb_dim, mlp_dim), emb_dim ** -0.5, ('embed', 'mlp'))
+    self.wo = param((mlp_dim, emb_dim), mlp_dim ** -0.5, ('mlp', 'embed'))
+    self.dropout = nnx.Dropout(dropout_rate)
+    self.dtype = dtype
+
+  def __call__(self, x, *, deterministic=True, rngs=None):
+    def dense(kernel):
+      y = jnp.einsum('ble,ef->blf', x, kernel[...].astype(self.dtype))
+      return constrain(y, ('activation_batch', 'activation_length',
+                           'activation_mlp'))
+    if len(self.fns) == 1:
+      h = self.fns[0](dense(self.wi))
+    else:
+      h = self.fns[0](dense(self.wi_0)) * self.fns[1](dense(self.wi_1))
+    h = self.dropout(h, deterministic=deterministic, rngs=rngs)
+    out = jnp.einsum('blf,fe->ble', h, self.wo[...].astype(self.dtype))
+    return constrain(out, BATCH_LENGTH_EMBED)

@@ -1,0 +1,50 @@
+"""Rosetta: multilingual translation and retrieval in JAX/Flax.
+
+Exact versions live in constraints.txt (the lock file, every transitive
+package); the ranges here are the ones Rosetta is tested with. Install with
+    pip install -c constraints.txt -e '.[test,peers]'
+(tools/setup_env.sh does exactly that in .venv).
+"""
+
+from setuptools import find_packages, setup
+
+CORE = [
+    'jax==0.10.2',
+    'jaxlib==0.10.2',
+    'flax==0.12.8',
+    'optax==0.2.8',
+    'orbax-checkpoint==0.12.8',
+    'seqio==0.0.20',
+    'tensorflow-cpu==2.21.0',
+    'tensorflow-text==2.21.1',
+    'tensorflow-datasets==4.9.10',
+    'gin-config==0.5.0',
+    'sentencepiece==0.2.3',
+    'sacrebleu==2.6.0',
+    'safetensors==0.8.0',
+    'numpy==2.4.6',
+    'ml_dtypes==0.6.0',
+    'tqdm==4.70.1',
+]
+
+EXTRAS = {
+    'test': ['pytest==9.2.0', 'pytest-xdist==3.8.0'],
+    # Outside implementations that tests and benchmarks compare against.
+    # torch 2.13.0 is the CPU build; a bare `torch` would pull a CUDA build.
+    'peers': ['torch==2.13.0', 'transformers==5.24.0'],
+}
+
+setup(
+    name='rosetta',
+    version='0.1.0',
+    description='JAX/Flax multilingual NMT, dual encoders and generative '
+                'retrieval on device meshes',
+    packages=find_packages(include=['rosetta', 'rosetta.*', 'translation',
+                                    'translation.*', 'retrieval',
+                                    'retrieval.*']),
+    python_requires='>=3.11,<3.12',
+    install_requires=CORE,
+    extras_require=EXTRAS,
+    entry_points={'console_scripts': ['rosetta=rosetta.main:cli']},
+    include_package_data=True,
+)
