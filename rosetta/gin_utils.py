@@ -1,0 +1,73 @@
+"""Gin plumbing: where config files live and how they are parsed.
+
+Files are layered (t5x style): `gin/architectures/*` (what the network is),
+`gin/models/*` (sizes, including an architecture), then runs and experiments.
+Includes are resolved against the repository's `gin/` folder and the current
+directory, so `include 'models/t5_1_1_small.gin'` works from anywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Sequence
+
+import gin
+
+GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), 'gin')
+
+
+def resolve(path: str) -> str:
+  """A gin file by path, or relative to the repository's gin/ folder."""
+  for candidate in (path, os.path.join(GIN_DIR, path)):
+    if os.path.isfile(candidate):
+      return candidate
+  raise FileNotFoundError(f'gin file {path!r} not found (looked in the '
+                          f'current directory and {GIN_DIR})')
+
+
+def parse(files: Sequence[str] = (), bindings: Sequence[str] = (),
+          finalize: bool = True) -> None:
+  """Clears gin, then parses `files` and `bindings` (KEY=VALUE strings).
+
+  Gin itself names the offending binding for a typo ("No configurable
+  matching 'T5Config.emb_dimm'"); a missing file names the file.
+  """
+  import rosetta.encoder_decoder  # noqa: F401  (registers configurables)
+  gin.clear_config()
+  gin.add_config_file_search_path(GIN_DIR)
+  with _quiet_include_probing():
+    gin.parse_config_files_and_bindings([resolve(f) for f in files],
+                                        list(bindings),
+                                        finalize_config=finalize)
+
+
+class _DropPathNotFound(logging.Filter):
+  def filter(self, record):
+    return not str(record.msg).startswith('Path not found')
+
+
+@contextlib.contextmanager
+def _quiet_include_probing():
+  """Gin logs an ERROR for every search path it tries before the one that
+  holds an include; only a file missing everywhere is an error, and gin
+  raises for that."""
+  f = _DropPathNotFound()
+  logging.getLogger().addFilter(f)
+  try:
+    yield
+  finally:
+    logging.getLogger().removeFilter(f)
+
+
+def all_gin_files(subdir: str = '') -> list[str]:
+  """Every .gin file under gin/<subdir>, relative to gin/."""
+  root = os.path.join(GIN_DIR, subdir)
+  out = []
+  for dirpath, _, names in os.walk(root):
+    for name in names:
+      if name.endswith('.gin'):
+        out.append(os.path.relpath(os.path.join(dirpath, name), GIN_DIR))
+  return sorted(out)
