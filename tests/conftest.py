@@ -21,11 +21,6 @@ from rosetta import partitioning  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def pytest_configure(config):
-  config.addinivalue_line('markers', 'slow: long end-to-end run; '
-                          '`pytest -m slow` runs them')
-  config.addinivalue_line('markers', 'peers: needs torch + transformers')
-
 
 @pytest.fixture(scope='session')
 def num_devices():
