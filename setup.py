@@ -25,6 +25,7 @@ CORE = [
     'numpy==2.4.6',
     'ml_dtypes==0.6.0',
     'tqdm==4.70.1',
+    'tensorboard==2.21.0',  # event files (tf.summary needs it)
     # Django's .po files are the embedded multilingual corpus of a fresh
     # machine (translation/django_po.py); Django itself is never run.
     'Django==5.2.19',

@@ -49,7 +49,7 @@ from flax import nnx
 
 from rosetta import logits_processors as procs_lib
 from rosetta.logits_processors import NEG_INF, DecodeState, Processor
-from rosetta.partitioning import constrain
+from rosetta.partitioning import constrain, current_rules, logical_to_mesh_axes
 
 TokensToLogits = Callable[[jax.Array, Any], tuple[jax.Array, Any, Any]]
 LENGTH_PENALTIES = ('gnmt', 'hf')
@@ -62,6 +62,23 @@ _TINY = 1e-30  # floor for log(coverage): attention that underflows to 0
 def _batch_constrain(x):
   """Rows of `x` stay sharded like the batch (a no-op without a mesh)."""
   return constrain(x, ('activation_batch',) + (None,) * (x.ndim - 1))
+
+
+def _top_k(x, k: int):
+  """`lax.top_k` over the last axis, run where each example's rows live.
+
+  XLA's SPMD partitioner replicates a TopK across the batch (an all-gather
+  of every row to every device), so on a mesh it runs under `shard_map`
+  over the batch's mesh axes; the other axes (e.g. vocab over 'model') are
+  gathered as the op needs the whole row anyway.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return jax.lax.top_k(x, k)
+  spec = logical_to_mesh_axes(('activation_batch',) + (None,) * (x.ndim - 1),
+                              current_rules(), mesh, x.shape, 'top_k input')
+  return jax.shard_map(lambda y: tuple(jax.lax.top_k(y, k)), in_specs=spec,
+                       out_specs=(spec, spec))(x)
 
 
 def _map_batched(fn, cache):
@@ -132,7 +149,7 @@ def coverage_penalty(coverage, source_mask, beta: float):
 
 def _top_k_mask(x, k: int):
   """Keeps scores >= the k-th largest per row (ties kept, as in HF)."""
-  kth = jax.lax.top_k(x, k)[0][:, -1:]
+  kth = _top_k(x, k)[0][:, -1:]
   return jnp.where(x >= kth, x, NEG_INF)
 
 
@@ -271,6 +288,9 @@ def beam_search_core(tokens_to_logits: TokensToLogits, cache, *,
   tokens_to_logits(tokens (b*k, 1), cache) -> (logits (b*k, v),
     cross_attn (b*k, S) or None, new cache). `cache` is given per example
     (leaves (b, ...)) and tiled to b*k rows here; scalar leaves are shared.
+    Each step the cache rows follow their beams, except leaves returned as
+    the very same object (never written, e.g. cross-attention K/V): all
+    beams of an example still hold the same value, so they are not copied.
   alpha, length_penalty_kind: finished score = sum log p / lp(len), lp from
     `length_penalty` ('gnmt' or 'hf'); alpha = 0 ranks by log-likelihood.
   beta: GNMT coverage penalty weight; > 0 needs cross_attn and source_mask
@@ -303,7 +323,7 @@ def beam_search_core(tokens_to_logits: TokensToLogits, cache, *,
     v = logp.shape[-1]
     # Top 2k continuations: even if the best k all end, k stay alive.
     cand = s.alive_logp[:, :, None] + logp.reshape(b, k, v)
-    top_logp, top_idx = jax.lax.top_k(cand.reshape(b, k * v), 2 * k)
+    top_logp, top_idx = _top_k(cand.reshape(b, k * v), 2 * k)
     parent, token = top_idx // v, top_idx % v
     seqs = _write(_gather(s.alive_seqs, parent), i, token)
     cov = s.alive_cov
@@ -317,9 +337,13 @@ def beam_search_core(tokens_to_logits: TokensToLogits, cache, *,
     ends = (token == eos_id) | (length >= max_lens[:, None])
 
     # Alive: the best k continuations that did not end.
-    alive_logp, pos = jax.lax.top_k(jnp.where(ends, NEG_INF, top_logp), k)
-    cache = _map_batched(lambda x: _gather_flat(x, _gather(parent, pos)),
-                         cache)
+    alive_logp, pos = _top_k(jnp.where(ends, NEG_INF, top_logp), k)
+    # A leaf returned unchanged (the same object, e.g. the cross-attention
+    # K/V) still holds its tiled per-example value: no gather needed.
+    rows = _gather(parent, pos)
+    cache = jax.tree.map(
+        lambda new, old: new if new is old or jnp.ndim(new) == 0
+        else _gather_flat(new, rows), cache, s.cache)
 
     # Finished: only the top k may finish (HF / fairseq); merge, keep best k.
     just = ends & (jnp.arange(2 * k) < k)[None] & ~s.done[:, None]
@@ -327,7 +351,7 @@ def beam_search_core(tokens_to_logits: TokensToLogits, cache, *,
     if use_cov:
       score += coverage_penalty(cov, source_mask[:, None, :], beta)
     score = jnp.where(just, score, NEG_INF)
-    fin_scores, fpos = jax.lax.top_k(
+    fin_scores, fpos = _top_k(
         jnp.concatenate([s.fin_scores, score], axis=1), k)
     fin_seqs = _gather(jnp.concatenate([s.fin_seqs, seqs], axis=1), fpos)
     fin_flags = _gather(jnp.concatenate([s.fin_flags, just], axis=1), fpos)
@@ -393,15 +417,17 @@ class _Static:
   options: tuple         # core keyword arguments that must be static
 
 
-def _constrain_cache(cache):
-  """Re-applies each cache variable's logical sharding (after beam
-  gathers, so XLA keeps heads on the model axis and rows on data)."""
+def _fresh_cache(cache):
+  """A copy of the cache State with new Variable objects (`nnx.merge` reuses
+  and mutates the Variables it is given), each value re-constrained to its
+  logical sharding: after beam gathers XLA keeps heads on 'model' and rows
+  on the data axes."""
   def fn(_, var):
     axes = var.get_metadata().get('logical_axes')
     value = var.get_value()
-    if not axes or jnp.ndim(value) == 0:
-      return var
-    return var.replace(constrain(value, axes))
+    if axes and jnp.ndim(value):
+      value = constrain(value, axes)
+    return var.replace(value)
   return nnx.map_state(fn, cache)
 
 
@@ -416,9 +442,17 @@ def _decode_jit(graphdef, state, encoder_input_tokens, dynamic, proc_leaves,
   gd, params, cache, rest = nnx.split(model, nnx.Param, nnx.Cache, ...)
 
   def tokens_to_logits(tokens, cache):
-    m = nnx.merge(gd, params, _constrain_cache(cache), rest)
+    fresh = _fresh_cache(cache)
+    given = jax.tree.leaves(fresh)
+    m = nnx.merge(gd, params, fresh, rest)
     logits, cross_attn = m.decode_step(tokens)
-    return logits[:, -1], cross_attn[:, -1], nnx.state(m, nnx.Cache)
+    new = nnx.state(m, nnx.Cache)
+    # Leaves decode_step did not write go back as the very input objects,
+    # so that beam search sees they are unchanged and skips gathering them.
+    leaves = [old if n is g else n for n, g, old in
+              zip(jax.tree.leaves(new), given, jax.tree.leaves(cache))]
+    return (logits[:, -1], cross_attn[:, -1],
+            jax.tree.unflatten(jax.tree.structure(new), leaves))
 
   common = dict(
       batch_size=b, max_decode_length=static.max_decode_length,

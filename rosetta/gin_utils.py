@@ -35,7 +35,12 @@ def parse(files: Sequence[str] = (), bindings: Sequence[str] = (),
   Gin itself names the offending binding for a typo ("No configurable
   matching 'T5Config.emb_dimm'"); a missing file names the file.
   """
-  import rosetta.encoder_decoder  # noqa: F401  (registers configurables)
+  # Register every core configurable, so a typo in any of them is caught.
+  import rosetta.encoder_decoder  # noqa: F401
+  import rosetta.models  # noqa: F401
+  import rosetta.optimizers  # noqa: F401
+  import rosetta.partitioning  # noqa: F401
+  import rosetta.run_logging  # noqa: F401
   gin.clear_config()
   gin.add_config_file_search_path(GIN_DIR)
   with _quiet_include_probing():

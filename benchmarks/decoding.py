@@ -1,0 +1,151 @@
+"""Decoding speed: Rosetta (`rosetta.decoding`) vs HF transformers `generate`.
+
+Both decode with the same weights (a random HF T5.1.1 checkpoint, imported
+into Rosetta), float32 on CPU, from the same random source batch. Every
+output is forced to exactly N new tokens (EOS banned before N: HF
+`min_new_tokens`, Rosetta `MinLength`), so tokens/s compare equal work:
+tokens/s = batch * N / seconds (beams are not counted). Rosetta's compile
+time is reported apart: it is the first call minus a steady-state call.
+
+    python benchmarks/decoding.py --quick        # batch 8, 32 tokens
+    python benchmarks/decoding.py                # batch {8, 32} x {32, 128}
+    python benchmarks/decoding.py --batch 8 --new-tokens 128 --strategy beam4
+
+Prints a Markdown table. It measures, it does not assert; the numbers depend
+on the machine and on whatever else runs on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from rosetta import checkpoint_import, decoding  # noqa: E402
+from rosetta import logits_processors as lp  # noqa: E402
+
+# T5.1.1 'small' as in t5x (HF google/t5-v1_1-small has 6 heads x 64 too).
+SMALL = dict(vocab_size=32128, d_model=512, d_kv=64, num_heads=6, d_ff=1024,
+             num_layers=8, num_decoder_layers=8, feed_forward_proj='gated-gelu',
+             tie_word_embeddings=False)
+STRATEGIES = {'greedy': 1, 'beam4': 4}
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  p.add_argument('--quick', action='store_true',
+                 help='only batch 8 and 32 new tokens')
+  p.add_argument('--batch', type=int, nargs='+', default=[8, 32])
+  p.add_argument('--new-tokens', type=int, nargs='+', default=[32, 128])
+  p.add_argument('--strategy', nargs='+', default=list(STRATEGIES),
+                 choices=list(STRATEGIES))
+  p.add_argument('--source-len', type=int, default=64)
+  p.add_argument('--repeats', type=int, default=1,
+                 help='timed runs per system and setting; the best is kept')
+  p.add_argument('--seed', type=int, default=0)
+  args = p.parse_args(argv)
+  if args.quick:
+    args.batch, args.new_tokens = [8], [32]
+  return args
+
+
+def make_models(seed: int, directory: str):
+  import torch
+  import transformers
+  torch.manual_seed(seed)
+  cfg = transformers.T5Config(**SMALL, dropout_rate=0.0, pad_token_id=0,
+                              eos_token_id=1, decoder_start_token_id=0)
+  hf = transformers.T5ForConditionalGeneration(cfg).eval()
+  hf.save_pretrained(directory)
+  return hf, checkpoint_import.import_hf_checkpoint(directory)
+
+
+def source_batch(batch: int, length: int, seed: int):
+  rng = np.random.default_rng(seed)
+  x = rng.integers(3, SMALL['vocab_size'], size=(batch, length))
+  x[:, -1] = 1
+  return x.astype(np.int32)
+
+
+def run_rosetta(model, x, beams: int, n: int):
+  procs = (lp.MinLength(n),)
+  if beams == 1:
+    tokens, _ = decoding.greedy(model, x, max_decode_length=n,
+                                processors=procs)
+  else:
+    tokens, _ = decoding.beam_search(model, x, num_beams=beams,
+                                     max_decode_length=n, alpha=1.0,
+                                     length_penalty='hf', processors=procs)
+    tokens = tokens[:, 0]
+  return np.asarray(jax.block_until_ready(tokens))
+
+
+def run_hf(hf, x, beams: int, n: int):
+  import torch
+  with torch.inference_mode():
+    out = hf.generate(input_ids=torch.tensor(x, dtype=torch.long),
+                      attention_mask=torch.ones(x.shape, dtype=torch.long),
+                      max_new_tokens=n, min_new_tokens=n, num_beams=beams,
+                      do_sample=False, length_penalty=1.0,
+                      early_stopping='never' if beams > 1 else False)
+  return out.numpy()[:, 1:]
+
+
+def timed(fn, repeats: int):
+  best, out = float('inf'), None
+  for _ in range(repeats):
+    start = time.perf_counter()
+    out = fn()
+    best = min(best, time.perf_counter() - start)
+  return best, out
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  import torch
+  print(f'jax {jax.__version__} on {jax.devices()[0].platform} '
+        f'({os.cpu_count()} CPUs), torch {torch.__version__} with '
+        f'{torch.get_num_threads()} threads; float32; T5.1.1 small '
+        f'(8+8 layers, d_model 512, vocab 32128); source length '
+        f'{args.source_len}', flush=True)
+  with tempfile.TemporaryDirectory() as d:
+    hf, model = make_models(args.seed, d)
+  run_hf(hf, source_batch(1, 8, 0), 1, 2)  # torch warm-up (lazy init)
+
+  rows = []
+  for name in args.strategy:
+    beams = STRATEGIES[name]
+    for b in args.batch:
+      for n in args.new_tokens:
+        x = source_batch(b, args.source_len, args.seed)
+        start = time.perf_counter()
+        run_rosetta(model, x, beams, n)           # compiles, then runs
+        first = time.perf_counter() - start
+        t_ours, ours = timed(lambda: run_rosetta(model, x, beams, n),
+                             args.repeats)
+        t_hf, theirs = timed(lambda: run_hf(hf, x, beams, n), args.repeats)
+        same = np.mean([np.array_equal(a, c) for a, c in zip(ours, theirs)])
+        row = (name, b, n, b * n / t_ours, b * n / t_hf,
+               t_hf / t_ours, max(first - t_ours, 0.0), same)
+        rows.append(row)
+        print(f'  {name} batch {b} new {n}: rosetta {t_ours:.2f}s, '
+              f'hf {t_hf:.2f}s, compile {row[6]:.1f}s', flush=True)
+
+  print('\n| strategy | batch | new tokens | Rosetta tok/s | HF tok/s | '
+        'Rosetta / HF | Rosetta compile s | same outputs |')
+  print('|---|---:|---:|---:|---:|---:|---:|---:|')
+  for name, b, n, ours, theirs, ratio, comp, same in rows:
+    print(f'| {name} | {b} | {n} | {ours:.0f} | {theirs:.0f} | '
+          f'{ratio:.2f}x | {comp:.1f} | {same:.0%} |')
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,615 @@
+"""seqio glue: text-pair Tasks, the per-host training input pipeline, eval.
+
+Data flows one way::
+
+    seqio Task/Mixture -> EncDecFeatureConverter -> per-host numpy batch
+      -> jax.make_array_from_process_local_data -> jitted step
+
+Worked example (byte vocabulary: id = UTF-8 byte + 3; 0=PAD, 1=EOS)::
+
+    register_text_pair_task(
+        'toy', pairs_source({'train': [('hi', 'ok'), ('abc', 'd'),
+                                       ('x', 'yz')]}),
+        seqio.ByteVocabulary())
+
+gives task examples (EOS appended after trimming)::
+
+    {'inputs': [107, 108, 1],      'targets': [114, 110, 1]}      # hi -> ok
+    {'inputs': [100, 101, 102, 1], 'targets': [103, 1]}           # abc -> d
+    {'inputs': [123, 1],           'targets': [124, 125, 1]}      # x -> yz
+
+and with task_feature_lengths={'inputs': 8, 'targets': 6}, unshuffled,
+`EncDecFeatureConverter(pack=True)` packs the first two into one row::
+
+    encoder_input_tokens  = [107, 108, 1, 100, 101, 102, 1, 0]
+    encoder_segment_ids   = [  1,   1, 1,   2,   2,   2, 2, 0]
+    encoder_positions     = [  0,   1, 2,   0,   1,   2, 3, 0]
+    decoder_target_tokens = [114, 110, 1, 103,   1,   0]
+    decoder_input_tokens  = [  0, 114, 110,  0, 103,  0]
+    decoder_loss_weights  = [  1,   1, 1,   1,   1,   0]
+    decoder_segment_ids   = [  1,   1, 1,   2,   2,   0]
+    decoder_positions     = [  0,   1, 2,   0,   1,   0]
+
+(the third example does not fit and starts the next row). With pack=False
+each example is its own row and only the first four features exist::
+
+    encoder_input_tokens  = [107, 108, 1, 0, 0, 0, 0, 0]
+    decoder_target_tokens = [114, 110, 1, 0, 0, 0]
+    decoder_input_tokens  = [  0, 114, 110, 1, 0, 0]
+    decoder_loss_weights  = [  1,   1, 1, 0, 0, 0]
+
+Training::
+
+    pipe = InputPipeline('toy', split='train',
+                         task_feature_lengths={'inputs': 8, 'targets': 6},
+                         global_batch_size=8, partitioner=Partitioner(mesh),
+                         seed=0, shuffle=True, pack=True)
+    batch = next(pipe)           # {feature: jax.Array (8, L)}, batch over
+                                 # ('data', 'fsdp'), replicated over 'model'
+    ckpt['data'] = pipe.state()  # JSON: {'batches_consumed': 1, 'seed': 0, ...}
+    ...
+    pipe = InputPipeline(..., state=ckpt['data'])  # continues at batch 2
+
+Evaluation: `make_evaluator` returns a `seqio.Evaluator`; `make_predict_fn`
+and `make_score_fn` turn a jitted per-batch model function into the
+`predict_fn` / `score_fn` that `Evaluator.evaluate` calls.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import gzip
+import io
+import json
+import numbers
+import os
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+from absl import logging
+import jax
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from rosetta import partitioning
+
+try:  # tf.data only; keep TensorFlow off the accelerators JAX uses.
+  tf.config.set_visible_devices([], 'GPU')
+except RuntimeError:  # TF devices already initialised by someone else.
+  pass
+
+BATCH_AXES = ('activation_batch', 'activation_length')
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def data_dir() -> str:
+  """`$ROSETTA_DATA_DIR`, else `../shared/data` next to the repository."""
+  return os.environ.get('ROSETTA_DATA_DIR',
+                        os.path.join(os.path.dirname(_REPO), 'shared', 'data'))
+
+
+# ------------------------------------------------------------ sources ---
+
+
+@dataclasses.dataclass
+class TextPairStats:
+  lines: int = 0           # lines (or pairs) read
+  pairs: int = 0           # pairs kept
+  skipped_empty: int = 0   # pairs with an empty (whitespace-only) side
+
+
+def _read_lines(path: str) -> list[bytes]:
+  """Lines of a file split on b'\\n' only; gzip if the name ends in .gz.
+
+  `str.splitlines` would also split on U+2028, U+0085, form feeds...: one
+  such character on one side silently misaligns the whole parallel corpus.
+  """
+  with tf.io.gfile.GFile(path, 'rb') as f:
+    data = f.read()
+  if path.endswith('.gz'):
+    data = gzip.GzipFile(fileobj=io.BytesIO(data)).read()
+  lines = data.split(b'\n')
+  if lines and lines[-1] == b'':
+    lines.pop()
+  return [l[:-1] if l.endswith(b'\r') else l for l in lines]
+
+
+def _decode(path: str, lineno: int, raw: bytes) -> str:
+  try:
+    return raw.decode('utf-8')
+  except UnicodeDecodeError as e:
+    raise ValueError(
+        f'{path}:{lineno}: not valid UTF-8 ({e.reason} at byte {e.start} of '
+        f'the line: {raw[max(0, e.start - 10):e.start + 10]!r})') from None
+
+
+def _keep_nonempty(pairs, stats: TextPairStats) -> list[tuple[str, str]]:
+  out = []
+  for src, tgt in pairs:
+    stats.lines += 1
+    src, tgt = src.strip(), tgt.strip()
+    if not src or not tgt:
+      stats.skipped_empty += 1
+      continue
+    out.append((src, tgt))
+  stats.pairs = len(out)
+  return out
+
+
+def read_parallel_text(src_path: str, tgt_path: str, *,
+                       max_lines: int | None = None,
+                       stats: TextPairStats | None = None
+                       ) -> list[tuple[str, str]]:
+  """Line-aligned (source, target) pairs from two text files (.gz allowed).
+
+  Both files are read whole and checked before anything is returned: a
+  different number of lines raises naming both files, a line that is not
+  UTF-8 raises naming the file and the 1-based line. Surrounding whitespace
+  is stripped; a pair with an empty side is skipped and counted in `stats`.
+  `max_lines` keeps the first N line pairs (after the whole-file checks).
+  """
+  stats = stats if stats is not None else TextPairStats()
+  src_lines, tgt_lines = _read_lines(src_path), _read_lines(tgt_path)
+  if len(src_lines) != len(tgt_lines):
+    raise ValueError(
+        f'parallel files are not line-aligned: {src_path} has '
+        f'{len(src_lines)} lines but {tgt_path} has {len(tgt_lines)}')
+  n = len(src_lines) if max_lines is None else min(max_lines, len(src_lines))
+  pairs = ((_decode(src_path, i + 1, src_lines[i]),
+            _decode(tgt_path, i + 1, tgt_lines[i])) for i in range(n))
+  # Decode errors past max_lines are still errors: the file is bad.
+  for i in range(n, len(src_lines)):
+    _decode(src_path, i + 1, src_lines[i])
+    _decode(tgt_path, i + 1, tgt_lines[i])
+  out = _keep_nonempty(pairs, stats)
+  if stats.skipped_empty:
+    logging.info('%s / %s: skipped %d of %d pairs with an empty side',
+                 src_path, tgt_path, stats.skipped_empty, stats.lines)
+  return out
+
+
+class TextPairSource(seqio.FunctionDataSource):
+  """In-memory (source, target) string pairs per split, read on first use.
+
+  Elements are `{'source': tf.string, 'target': tf.string}`. With
+  `shuffle=True` (and a seed) the whole split is shuffled, reshuffled every
+  epoch, deterministically from the seed; the Task's shuffle buffer then
+  mixes further. Multi-host: every host builds the same seeded order and
+  seqio's `ShardInfo` takes every num_shards-th element, so hosts read
+  disjoint examples. For corpora that fit in host memory (one copy per
+  host); bigger ones belong in TFDS/ArrayRecord sources.
+  """
+
+  def __init__(self, loaders: Mapping[str, Callable[[TextPairStats],
+                                                     list[tuple[str, str]]]],
+               description: str = ''):
+    self._loaders = dict(loaders)
+    self._pairs: dict[str, list[tuple[str, str]]] = {}
+    self._stats: dict[str, TextPairStats] = {}
+    self._description = description
+    super().__init__(dataset_fn=self._dataset_fn, splits=tuple(loaders))
+
+  def pairs(self, split: str) -> list[tuple[str, str]]:
+    if split not in self._loaders:
+      raise ValueError(f'{self._description or "TextPairSource"}: no split '
+                       f'{split!r}; splits: {sorted(self._loaders)}')
+    if split not in self._pairs:
+      stats = TextPairStats()
+      pairs = self._loaders[split](stats)
+      if not pairs:
+        raise ValueError(
+            f'{self._description}: split {split!r} has no pairs ({stats.lines}'
+            f' read, {stats.skipped_empty} skipped as empty)')
+      self._pairs[split], self._stats[split] = pairs, stats
+    return self._pairs[split]
+
+  def stats(self, split: str) -> TextPairStats:
+    self.pairs(split)
+    return self._stats[split]
+
+  def _dataset_fn(self, split: str, shuffle_files: bool,
+                  seed: int | None = None) -> tf.data.Dataset:
+    pairs = self.pairs(split)
+    ds = tf.data.Dataset.from_tensor_slices({
+        'source': tf.constant([s for s, _ in pairs], tf.string),
+        'target': tf.constant([t for _, t in pairs], tf.string)})
+    if shuffle_files:
+      ds = ds.shuffle(len(pairs), seed=seed, reshuffle_each_iteration=True)
+    return ds
+
+  def get_dataset(self, split: str = 'train', shuffle: bool = True,
+                  seed: int | None = None,
+                  shard_info: seqio.ShardInfo | None = None, **unused):
+    # FunctionDataSource.get_dataset, without its warning about uncached
+    # sources shuffling poorly: this one shuffles the whole split.
+    if shard_info and shard_info.num_shards > 1:
+      raise ValueError('TextPairSource: shard with tf.data (seqio does, since '
+                       'list_shards has one entry)')
+    return self._dataset_fn(split=split, shuffle_files=shuffle, seed=seed)
+
+  def __repr__(self):
+    return f'TextPairSource({self._description}, splits={self.splits})'
+
+
+def parallel_text_source(paths_by_split: Mapping[str, tuple[str, str]], *,
+                         max_lines: int | None = None) -> TextPairSource:
+  """A source from line-aligned files: {split: (src_path, tgt_path)}.
+
+  Files are read (and checked, see `read_parallel_text`) the first time a
+  split is used. Example, Multi30k English->German::
+
+      root = os.path.join(data_dir(), 'multi30k/data/task1/raw')
+      src = parallel_text_source({
+          'train': (f'{root}/train.en.gz', f'{root}/train.de.gz'),
+          'validation': (f'{root}/val.en.gz', f'{root}/val.de.gz')})
+  """
+  def loader(paths):
+    return lambda stats: read_parallel_text(*paths, max_lines=max_lines,
+                                            stats=stats)
+  desc = ', '.join(f'{k}: {v[0]} | {v[1]}' for k, v in paths_by_split.items())
+  return TextPairSource({k: loader(v) for k, v in paths_by_split.items()},
+                        description=desc)
+
+
+def pairs_source(pairs_by_split: Mapping[str, Sequence[tuple[str, str]]],
+                 description: str = 'in-memory pairs') -> TextPairSource:
+  """A source from in-memory pairs, e.g. `django_pairs(['fr'])['fr']`."""
+  def loader(pairs):
+    return lambda stats: _keep_nonempty(list(pairs), stats)
+  return TextPairSource({k: loader(v) for k, v in pairs_by_split.items()},
+                        description=description)
+
+
+# -------------------------------------------------------------- tasks ---
+
+
+def text_pair_to_inputs_targets(dataset: tf.data.Dataset,
+                                source_key: str = 'source',
+                                target_key: str = 'target',
+                                input_prefix: str = '') -> tf.data.Dataset:
+  """{source, target} strings -> {inputs: prefix + source, targets: target}."""
+  def fn(ex):
+    return {'inputs': tf.strings.join([input_prefix, ex[source_key]]),
+            'targets': ex[target_key]}
+  return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def register_text_pair_task(
+    name: str, source: seqio.DataSource, vocabulary: seqio.Vocabulary, *,
+    target_vocabulary: seqio.Vocabulary | None = None,
+    input_prefix: str = '', source_key: str = 'source',
+    target_key: str = 'target',
+    metric_fns: Sequence[Callable[..., Mapping[str, Any]]] = (),
+    postprocess_fn: Callable[..., Any] | None = None,
+    shuffle_buffer_size: int = seqio.SHUFFLE_BUFFER_SIZE,
+    replace: bool = False) -> seqio.Task:
+  """Registers a seq2seq Task: strings -> tokens + EOS ('inputs'/'targets').
+
+  Preprocessors: `text_pair_to_inputs_targets` (prepends `input_prefix`,
+  e.g. '>>de<< ' or 'translate English to German: '),
+  `seqio.preprocessors.tokenize` (keeps '*_pretokenized' copies, which the
+  Evaluator uses as references) and `append_eos_after_trim` (a truncated
+  example still ends in EOS).
+
+  `metric_fns` are seqio legacy metric functions, `fn(targets, predictions)`
+  or `fn(targets, scores)` returning {name: value}; predictions and targets
+  are decoded strings passed through `postprocess_fn`. `replace=True`
+  re-registers an existing name (notebooks, tests, changing metrics).
+  """
+  if replace:
+    seqio.TaskRegistry.remove(name)
+  target_vocabulary = target_vocabulary or vocabulary
+  preprocessors = [
+      functools.partial(
+          text_pair_to_inputs_targets, source_key=source_key,
+          target_key=target_key, input_prefix=input_prefix),
+      seqio.preprocessors.tokenize,
+      seqio.preprocessors.append_eos_after_trim,
+  ]
+  return seqio.TaskRegistry.add(
+      name, source=source,
+      output_features={
+          'inputs': seqio.Feature(vocabulary, add_eos=True),
+          'targets': seqio.Feature(target_vocabulary, add_eos=True)},
+      preprocessors=preprocessors, postprocess_fn=postprocess_fn,
+      metric_fns=list(metric_fns), shuffle_buffer_size=shuffle_buffer_size)
+
+
+# ----------------------------------------------------- training input ---
+
+
+def _as_partitioner(p) -> partitioning.Partitioner:
+  if isinstance(p, partitioning.Partitioner):
+    return p
+  if isinstance(p, jax.sharding.Mesh):
+    return partitioning.Partitioner(p)
+  raise TypeError(f'partitioner: expected a Partitioner or a Mesh, got '
+                  f'{type(p).__name__}')
+
+
+def deterministic(ds: tf.data.Dataset) -> tf.data.Dataset:
+  """Parallel maps keep their order (tf.data may otherwise reorder)."""
+  options = tf.data.Options()
+  options.deterministic = True
+  return ds.with_options(options)
+
+
+def make_local_dataset(mixture_or_task_name: str, *, split: str,
+                       task_feature_lengths: Mapping[str, int],
+                       local_batch_size: int, seed: int, shuffle: bool = True,
+                       pack: bool = True, num_epochs: int | None = None,
+                       process_index: int = 0, process_count: int = 1,
+                       use_cached: bool = False) -> tf.data.Dataset:
+  """This host's batches: its shard of the task, converted, batched.
+
+  Elements are {feature: int32 (local_batch_size, length)}; the last
+  partial batch of a finite dataset is dropped.
+  """
+  ds = seqio.get_dataset(
+      mixture_or_task_name, task_feature_lengths=dict(task_feature_lengths),
+      feature_converter=seqio.EncDecFeatureConverter(pack=pack),
+      dataset_split=split, use_cached=use_cached, shuffle=shuffle,
+      num_epochs=num_epochs,
+      shard_info=seqio.ShardInfo(index=process_index,
+                                 num_shards=process_count),
+      verbose=False, seed=seed, batch_size=local_batch_size)
+  return deterministic(ds.prefetch(tf.data.AUTOTUNE))
+
+
+# Fields of state() that must match on restore, with what a mismatch means.
+_STATE_FIELDS = ('task', 'split', 'seed', 'shuffle', 'pack',
+                 'task_feature_lengths', 'global_batch_size', 'process_count')
+
+
+class InputPipeline:
+  """Global training batches as jax.Arrays, with a checkpointable position.
+
+  Each host reads only its shard (`seqio.ShardInfo(jax.process_index(),
+  jax.process_count())`), batches `global_batch_size // process_count`
+  examples and contributes them to the global batch through
+  `jax.make_array_from_process_local_data` with the sharding of
+  `batch_logical_axes` (by default batch over ('data', 'fsdp'), length
+  replicated). The stream is a deterministic function of (task, split,
+  seed, shuffle, pack, lengths, global batch, process count).
+
+  Resume: `state()` is `{'batches_consumed': n, 'seed': ..., ...}` (JSON,
+  identical on every host). `InputPipeline(..., state=s)` or `restore(s)`
+  rebuilds the same dataset and skips n local batches, so the next batch is
+  byte-identical to what the uninterrupted run would have produced. Skipping
+  re-runs preprocessing for the skipped examples (no model), so it costs
+  time linear in n; changing the number of processes changes every host's
+  shard, so it is refused unless `strict=False` (then only the position,
+  not the examples, carries over).
+  """
+
+  def __init__(self, mixture_or_task_name: str, *, split: str,
+               task_feature_lengths: Mapping[str, int],
+               global_batch_size: int,
+               partitioner: partitioning.Partitioner | jax.sharding.Mesh,
+               seed: int = 0, shuffle: bool = True, pack: bool = True,
+               num_epochs: int | None = None, use_cached: bool = False,
+               batch_logical_axes: partitioning.LogicalAxes = BATCH_AXES,
+               state: Mapping[str, Any] | None = None):
+    self.partitioner = _as_partitioner(partitioner)
+    self.process_index = jax.process_index()
+    self.process_count = jax.process_count()
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+      raise TypeError(f'seed: expected an int (the stream is a function of '
+                      f'it), got {seed!r}')
+    seed = int(seed)
+    if global_batch_size <= 0 or global_batch_size % self.process_count:
+      raise ValueError(
+          f'global_batch_size={global_batch_size} must be a positive multiple '
+          f'of the process count ({self.process_count})')
+    mesh = self.partitioner.mesh
+    sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
+    dp_axes = partitioning.logical_to_mesh_axes(
+        batch_logical_axes[:1], self.partitioner.rules, mesh)[0] or ()
+    dp_axes = (dp_axes,) if isinstance(dp_axes, str) else tuple(dp_axes)
+    dp = int(np.prod([sizes[a] for a in dp_axes]))
+    if global_batch_size % dp:
+      raise ValueError(
+          f'global_batch_size={global_batch_size} must be divisible by the '
+          f'data-parallel size {dp} (mesh axes {dp_axes} of {sizes})')
+    self.mixture_or_task_name = mixture_or_task_name
+    self.split = split
+    self.task_feature_lengths = dict(task_feature_lengths)
+    self.global_batch_size = global_batch_size
+    self.local_batch_size = global_batch_size // self.process_count
+    self.seed, self.shuffle, self.pack = seed, shuffle, pack
+    self.num_epochs, self.use_cached = num_epochs, use_cached
+    self._local_spec = self.local_dataset().element_spec
+    self.shardings = {
+        k: self.partitioner.sharding(
+            batch_logical_axes[:len(spec.shape)],
+            (global_batch_size,) + tuple(spec.shape[1:]))
+        for k, spec in self._local_spec.items()}
+    self._batches_consumed = 0
+    self._iterator = None
+    if state is not None:
+      self.restore(state)
+
+  def local_dataset(self) -> tf.data.Dataset:
+    """A fresh dataset of this host's batches, from the start.
+
+    Fresh on purpose: iterating the same tf.data.Dataset object twice gives a
+    different order the second time (a seeded shuffle with
+    reshuffle_each_iteration draws a new seed per iterator), so replaying
+    the stream means rebuilding it.
+    """
+    return make_local_dataset(
+        self.mixture_or_task_name, split=self.split,
+        task_feature_lengths=self.task_feature_lengths,
+        local_batch_size=self.local_batch_size, seed=self.seed,
+        shuffle=self.shuffle, pack=self.pack, num_epochs=self.num_epochs,
+        process_index=self.process_index, process_count=self.process_count,
+        use_cached=self.use_cached)
+
+  @property
+  def element_spec(self) -> dict[str, jax.ShapeDtypeStruct]:
+    """Global shapes, dtypes and shardings (for AOT lowering of the step)."""
+    return {k: jax.ShapeDtypeStruct(
+        (self.global_batch_size,) + tuple(spec.shape[1:]),
+        spec.dtype.as_numpy_dtype, sharding=self.shardings[k])
+            for k, spec in self._local_spec.items()}
+
+  def state(self) -> dict[str, Any]:
+    return {'batches_consumed': self._batches_consumed,
+            'task': self.mixture_or_task_name, 'split': self.split,
+            'seed': self.seed, 'shuffle': self.shuffle, 'pack': self.pack,
+            'task_feature_lengths': dict(sorted(
+                self.task_feature_lengths.items())),
+            'global_batch_size': self.global_batch_size,
+            'process_count': self.process_count}
+
+  def restore(self, state: Mapping[str, Any], strict: bool = True) -> None:
+    """Continues after `state['batches_consumed']` batches of this stream."""
+    state = json.loads(json.dumps(state))  # same types as after a JSON trip
+    mine = json.loads(json.dumps(self.state()))
+    for field in _STATE_FIELDS:
+      if field not in state:
+        raise ValueError(f'input pipeline state has no {field!r}: {state}')
+      if state[field] != mine[field]:
+        if field == 'process_count' and not strict:
+          logging.warning(
+              'input pipeline: process count changed %s -> %s; resuming at '
+              'batch %d with different per-host shards', state[field],
+              mine[field], state['batches_consumed'])
+          continue
+        raise ValueError(
+            f'input pipeline state was saved with {field}={state[field]!r} '
+            f'but this pipeline has {field}={mine[field]!r}; resuming would '
+            f'not continue the same stream')
+    n = int(state['batches_consumed'])
+    if n < 0:
+      raise ValueError(f'batches_consumed={n} must be >= 0')
+    self._batches_consumed = n
+    self._iterator = None
+
+  def __iter__(self) -> Iterator[dict[str, jax.Array]]:
+    return self
+
+  def __next__(self) -> dict[str, jax.Array]:
+    if self._iterator is None:
+      ds = self.local_dataset()
+      if self._batches_consumed:
+        ds = ds.skip(self._batches_consumed)
+      self._iterator = ds.as_numpy_iterator()
+    local = next(self._iterator)
+    self._batches_consumed += 1
+    return {k: jax.make_array_from_process_local_data(
+        self.shardings[k], v, (self.global_batch_size,) + v.shape[1:])
+            for k, v in local.items()}
+
+
+# --------------------------------------------------------- evaluation ---
+
+
+def make_evaluator(mixture_or_task_name: str, split: str, *,
+                   feature_converter: seqio.FeatureConverter | None = None,
+                   task_feature_lengths: Mapping[str, int] | None = None,
+                   num_examples: int | None = None, use_cached: bool = False,
+                   logger_cls: Sequence[type] = (), log_dir: str | None = None,
+                   async_compute_metrics: bool = True) -> seqio.Evaluator:
+  """A `seqio.Evaluator` over the whole split: unshuffled, unpacked, finite.
+
+  `task_feature_lengths=None` lets seqio measure the longest example (no
+  truncation, so references are complete). The trainer then calls::
+
+      metrics, outputs = evaluator.evaluate(
+          compute_metrics=True, step=step,
+          predict_fn=make_predict_fn(predict_batch, global_batch_size=B,
+                                     partitioner=p),
+          score_fn=make_score_fn(score_batch, global_batch_size=B,
+                                 partitioner=p))
+      metrics.result()   # {task_name: {metric: value}}
+
+  seqio calls `predict_fn(dataset)` and `score_fn(dataset)` with ONE
+  argument (the `model_feature_shapes` in seqio's Protocol is never passed),
+  `dataset` being a finite tf.data.Dataset of `(index, features)` with
+  features padded to fixed lengths. `predict_fn` returns
+  `[(index, token_ids), ...]` (token_ids: equal-length int sequences; seqio
+  stacks them with np.array and decodes up to EOS), `score_fn` returns
+  `[(index, float), ...]`. Order does not matter; indices do.
+  """
+  converter = feature_converter or seqio.EncDecFeatureConverter(pack=False)
+  if converter.pack:
+    raise ValueError('make_evaluator: feature_converter packs; evaluation '
+                     'needs one example per row (pack=False)')
+  return seqio.Evaluator(
+      mixture_or_task_name, feature_converter=converter, eval_split=split,
+      use_cached=use_cached, sequence_length=task_feature_lengths,
+      num_examples=num_examples, shuffle=False, logger_cls=logger_cls,
+      log_dir=log_dir, async_compute_metrics=async_compute_metrics)
+
+
+@dataclasses.dataclass
+class EvalBatch:
+  indices: np.ndarray              # (B,) example index; -1 for padding rows
+  mask: np.ndarray                 # (B,) bool, False for padding rows
+  features: dict[str, jax.Array]   # global, sharded like training batches
+
+
+def eval_batches(dataset: tf.data.Dataset, global_batch_size: int,
+                 partitioner: partitioning.Partitioner | jax.sharding.Mesh,
+                 batch_logical_axes: partitioning.LogicalAxes = BATCH_AXES
+                 ) -> Iterator[EvalBatch]:
+  """Fixed-size global batches over an enumerated, finite eval dataset.
+
+  The final batch is padded with all-zero rows (mask False, index -1), so
+  one compiled step serves every batch. Every host reads the whole (small)
+  eval set and places only the rows its devices hold.
+  """
+  partitioner = _as_partitioner(partitioner)
+  for idx, feats in deterministic(dataset.batch(global_batch_size)
+                                  ).as_numpy_iterator():
+    n = len(idx)
+    pad = global_batch_size - n
+    indices = np.concatenate([idx, np.full(pad, -1, idx.dtype)])
+    out = {}
+    for k, v in feats.items():
+      v = np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
+      sharding = partitioner.sharding(batch_logical_axes[:v.ndim], v.shape)
+      out[k] = jax.make_array_from_callback(v.shape, sharding,
+                                            lambda i, v=v: v[i])
+    yield EvalBatch(indices, np.arange(global_batch_size) < n, out)
+
+
+def _to_host(x) -> np.ndarray:
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
+def make_predict_fn(predict_batch: Callable[[dict[str, jax.Array]], Any], *,
+                    global_batch_size: int,
+                    partitioner: partitioning.Partitioner | jax.sharding.Mesh
+                    ) -> Callable[[tf.data.Dataset], list]:
+  """seqio `predict_fn` from `predict_batch(features) -> (B, L) int tokens`."""
+  def predict_fn(dataset, model_feature_shapes=None):
+    del model_feature_shapes
+    out = []
+    for b in eval_batches(dataset, global_batch_size, partitioner):
+      tokens = _to_host(predict_batch(b.features))
+      out += [(int(i), t.tolist())
+              for i, m, t in zip(b.indices, b.mask, tokens) if m]
+    return out
+  return predict_fn
+
+
+def make_score_fn(score_batch: Callable[[dict[str, jax.Array]], Any], *,
+                  global_batch_size: int,
+                  partitioner: partitioning.Partitioner | jax.sharding.Mesh
+                  ) -> Callable[[tf.data.Dataset], list]:
+  """seqio `score_fn` from `score_batch(features) -> (B,) float scores`."""
+  def score_fn(dataset, model_feature_shapes=None):
+    del model_feature_shapes
+    out = []
+    for b in eval_batches(dataset, global_batch_size, partitioner):
+      scores = _to_host(score_batch(b.features))
+      out += [(int(i), float(s))
+              for i, m, s in zip(b.indices, b.mask, scores) if m]
+    return out
+  return score_fn

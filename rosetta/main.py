@@ -1,0 +1,68 @@
+"""Rosetta's entry point: train / evaluate / infer, configured with gin.
+
+    python -m rosetta.main train --gin_file=experiments/tiny_multi30k_en_de.gin \
+        --gin.train.model_dir="'runs/x'" --gin.train.total_steps=200
+
+(`rosetta train ...` is the same through the console script.) Gin files are
+layered: a model size (gin/models/), a run (gin/runs/train.gin, ...), an
+experiment (gin/experiments/), and gin/runs/local_tiny.gin for a CPU.
+`--gin.KEY=VALUE` bindings are applied last; string values need inner
+quotes, as above. A typo or a missing required value stops the run before
+any work, naming the binding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+import gin  # noqa: E402
+
+from rosetta import runs  # noqa: E402
+
+COMMANDS = {'train': runs.train, 'evaluate': runs.evaluate,
+            'infer': runs.infer}
+
+
+def parse_args(argv):
+  parser = argparse.ArgumentParser(
+      prog='rosetta', description=__doc__.split('\n\n')[0],
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+      epilog=__doc__.split('\n\n', 1)[1])
+  parser.add_argument('command', choices=sorted(COMMANDS),
+                      help='what to run')
+  parser.add_argument('--gin_file', action='append', default=[],
+                      help='gin file (repeatable; later files win); paths '
+                      'are relative to the cwd or to the repo gin/ folder')
+  parser.add_argument('--gin_bindings', action='append', default=[],
+                      help="a binding, e.g. \"train.batch_size = 16\"")
+  known, rest = parser.parse_known_args(argv)
+  for arg in rest:  # --gin.KEY=VALUE
+    if arg.startswith('--gin.') and '=' in arg:
+      key, value = arg[len('--gin.'):].split('=', 1)
+      known.gin_bindings.append(f'{key} = {value}')
+    else:
+      parser.error(f'unrecognised argument {arg!r} (bindings are '
+                   "--gin.KEY=VALUE, e.g. --gin.train.total_steps=100)")
+  return known
+
+
+def cli(argv=None) -> int:
+  args = parse_args(sys.argv[1:] if argv is None else argv)
+  from rosetta import gin_utils
+  gin_utils.parse(args.gin_file, args.gin_bindings, finalize=False)
+  runs.distributed()
+  gin.finalize()
+  command = COMMANDS[args.command]
+  if args.command == 'train':
+    command(config_text=gin.config_str())
+  else:
+    command()
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(cli())

@@ -1,0 +1,153 @@
+"""Model wrappers: what the trainer calls, apart from the network.
+
+The network (`EncoderDecoder`) stays plain Flax; a wrapper owns the loss and
+the inference functions for one kind of model. The trainer only calls:
+
+  make_network(rngs)                          -> nnx.Module
+  get_initial_variables(seed, partitioner)    -> nnx.Module, params sharded
+  loss_fn(network, batch, dropout_rng, normalizer) -> (loss, metrics)
+  predict_batch(network, batch)               -> decoded tokens
+  score_batch(network, batch)                 -> per-example log-likelihood
+
+Batches are dicts of seqio's EncDecFeatureConverter features.
+"""
+
+from __future__ import annotations
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from rosetta import decoding
+from rosetta.encoder_decoder import EncoderDecoder, T5Config
+from rosetta.partitioning import Partitioner
+
+
+def cross_entropy_with_logits(logits, targets, weights, *,
+                              label_smoothing: float = 0.0,
+                              z_loss: float = 0.0):
+  """Per-token cross entropy (t5x style) with label smoothing and z-loss.
+
+  logits (b, l, v) float32; targets (b, l) ints; weights (b, l).
+  Label smoothing puts `1 - ls` on the target and spreads `ls` over the
+  other v - 1 tokens; the entropy of that distribution is subtracted, so a
+  perfect prediction scores 0. z-loss adds `z_loss * log(Z)**2`, which keeps
+  the softmax normaliser near 1 (PaLM; stabilises bfloat16 training).
+  Returns (loss, z_loss_part), both (b, l), already multiplied by weights.
+  """
+  v = logits.shape[-1]
+  log_z = jax.nn.logsumexp(logits, axis=-1)
+  log_probs = logits - log_z[..., None]
+  target_lp = jnp.take_along_axis(log_probs, targets[..., None], -1)[..., 0]
+  if label_smoothing:
+    confidence = 1.0 - label_smoothing
+    low = label_smoothing / (v - 1)
+    # -sum_j q_j log p_j with q = low everywhere but confidence at target.
+    loss = -(confidence - low) * target_lp - low * jnp.sum(log_probs, -1)
+    loss -= -(confidence * np.log(confidence) +
+              (v - 1) * low * np.log(low + 1e-20))
+  else:
+    loss = -target_lp
+  z = z_loss * jnp.square(log_z)
+  return (loss + z) * weights, z * weights
+
+
+@gin.configurable
+class EncoderDecoderModel:
+  """Wrapper for T5-style sequence-to-sequence models (NMT, DSI)."""
+
+  FEATURES = ('encoder_input_tokens', 'decoder_input_tokens',
+              'decoder_target_tokens')
+
+  def __init__(self, config: T5Config | None = None, *,
+               label_smoothing: float = 0.0, z_loss: float = 1e-4,
+               max_decode_length: int = 64, num_beams: int = 1,
+               alpha: float = 0.6, beta: float = 0.0,
+               length_penalty: str = 'gnmt'):
+    self.config = config if config is not None else T5Config()
+    if not 0.0 <= label_smoothing < 1.0:
+      raise ValueError('EncoderDecoderModel.label_smoothing must be in [0, 1)')
+    self.label_smoothing = label_smoothing
+    self.z_loss = z_loss
+    self.max_decode_length = max_decode_length
+    self.num_beams = num_beams
+    self.alpha, self.beta, self.length_penalty = alpha, beta, length_penalty
+
+  # ------------------------------------------------------------- network ---
+  def make_network(self, rngs: nnx.Rngs) -> EncoderDecoder:
+    return EncoderDecoder(self.config, rngs=rngs)
+
+  def get_initial_variables(self, seed: int,
+                            partitioner: Partitioner) -> EncoderDecoder:
+    return partitioner.create_sharded(
+        lambda: self.make_network(nnx.Rngs(params=seed)))
+
+  def check_batch(self, batch):
+    missing = [f for f in self.FEATURES if f not in batch]
+    if missing:
+      raise KeyError(f'batch is missing features {missing}; got '
+                     f'{sorted(batch)} (use seqio EncDecFeatureConverter)')
+
+  @staticmethod
+  def loss_weights(batch):
+    if 'decoder_loss_weights' in batch:
+      return batch['decoder_loss_weights'].astype(jnp.float32)
+    return (batch['decoder_target_tokens'] > 0).astype(jnp.float32)
+
+  # ---------------------------------------------------------------- loss ---
+  def loss_fn(self, network: EncoderDecoder, batch, dropout_rng=None,
+              normalizer=None):
+    """Summed token loss / normalizer (default: this batch's target tokens).
+
+    Passing the normalizer of the whole batch makes gradient accumulation
+    over microbatches exactly equal to one big batch.
+    """
+    deterministic = dropout_rng is None
+    rngs = None if deterministic else nnx.Rngs(dropout=dropout_rng)
+    logits = network(
+        batch['encoder_input_tokens'], batch['decoder_input_tokens'],
+        batch['decoder_target_tokens'], batch.get('encoder_segment_ids'),
+        batch.get('decoder_segment_ids'), batch.get('encoder_positions'),
+        batch.get('decoder_positions'), deterministic=deterministic,
+        rngs=rngs)
+    targets = batch['decoder_target_tokens']
+    weights = self.loss_weights(batch)
+    loss, z = cross_entropy_with_logits(
+        logits, targets, weights, label_smoothing=self.label_smoothing,
+        z_loss=self.z_loss)
+    num_tokens = weights.sum()
+    normalizer = num_tokens if normalizer is None else normalizer
+    normalizer = jnp.maximum(normalizer, 1.0)
+    correct = (jnp.argmax(logits, -1) == targets) * weights
+    metrics = {
+        'loss_sum': loss.sum(),
+        'z_loss_sum': z.sum(),
+        'correct': correct.sum(),
+        'num_tokens': num_tokens,
+    }
+    return loss.sum() / normalizer, metrics
+
+  # ----------------------------------------------------------- inference ---
+  def predict_batch(self, network: EncoderDecoder, batch, **overrides):
+    """Best decode per example: (b, max_decode_length) tokens."""
+    kw = dict(max_decode_length=self.max_decode_length,
+              num_beams=self.num_beams, alpha=self.alpha, beta=self.beta,
+              length_penalty=self.length_penalty)
+    kw.update(overrides)
+    enc = batch['encoder_input_tokens']
+    if kw['num_beams'] <= 1:
+      tokens, _ = decoding.greedy(network, enc,
+                                  max_decode_length=kw['max_decode_length'])
+      return tokens
+    tokens, _ = decoding.beam_search(
+        network, enc, num_beams=kw['num_beams'],
+        max_decode_length=kw['max_decode_length'], alpha=kw['alpha'],
+        beta=kw['beta'], length_penalty=kw['length_penalty'])
+    return tokens[:, 0]
+
+  def score_batch(self, network: EncoderDecoder, batch):
+    """Log-likelihood of each example's target: (b,)."""
+    return decoding.score_sequences(network, batch['encoder_input_tokens'],
+                                    batch['decoder_target_tokens'])

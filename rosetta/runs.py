@@ -1,0 +1,316 @@
+"""The three run types: train / evaluate / infer (gin-configurable).
+
+They are started by `rosetta.main` (the CLI); this module holds the
+configurables so that `python -m rosetta.main` does not register them twice.
+
+
+See `rosetta/main.py` for the command line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+# Before JAX starts: multi-host runs on CPU need gloo collectives.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+import gin  # noqa: E402
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+# Imported up front: gin locks its registry once parsing is finalised, and
+# these modules register configurables.
+from rosetta import checkpoints, data, optimizers, partitioning  # noqa: E402
+from rosetta import run_logging  # noqa: E402
+from rosetta import trainer as trainer_lib  # noqa: E402
+
+
+@gin.configurable
+def distributed(coordinator_address: str | None = None,
+                num_processes: int | None = None,
+                process_id: int | None = None,
+                cpu_collectives: str = 'gloo'):
+  """Initialises JAX's multi-controller runtime when configured.
+
+  On TPU pods and most GPU clusters `jax.distributed.initialize()` finds
+  everything itself: set `distributed.coordinator_address = 'auto'`. For
+  CPU hosts (and tests), name the coordinator, process count and id.
+  """
+  if coordinator_address is None:
+    return
+  if cpu_collectives:
+    jax.config.update('jax_cpu_collectives_implementation', cpu_collectives)
+  if coordinator_address == 'auto':
+    jax.distributed.initialize()
+  else:
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes,
+                               process_id=process_id)
+
+
+def _log(msg: str):
+  if jax.process_index() == 0:
+    print(msg, flush=True)
+
+
+def _append_jsonl(path: str, record: dict):
+  if jax.process_index() != 0:
+    return
+  with open(path, 'a') as f:
+    f.write(json.dumps(record) + '\n')
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def write_jsonl_atomically(path: str, records) -> str:
+  """All-or-nothing: a temp file in the same directory, then os.replace."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f'{path}.tmp-{os.getpid()}'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    for r in records:
+      f.write(json.dumps(r, ensure_ascii=False) + '\n')
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+  return path
+
+
+def _host_scalars(metrics) -> dict[str, float]:
+  return {k: float(v) for k, v in metrics.items()}
+
+
+def _run_evaluators(evaluators, trainer, state, batch_size, step, logger):
+  """seqio Evaluator per task: predictions (decoding) + scores -> metrics."""
+  if not evaluators:
+    return {}
+  network = trainer.network(state['params'])
+  part = trainer.partitioner
+
+  def predict_batch(features):
+    with part.activate():
+      return trainer.model.predict_batch(network, features)
+
+  def score_batch(features):
+    with part.activate():
+      return trainer.model.score_batch(network, features)
+
+  results = {}
+  for evaluator in evaluators:
+    metrics, _ = evaluator.evaluate(
+        compute_metrics=True, step=step,
+        predict_fn=data.make_predict_fn(predict_batch,
+                                        global_batch_size=batch_size,
+                                        partitioner=part),
+        score_fn=data.make_score_fn(score_batch, global_batch_size=batch_size,
+                                    partitioner=part))
+    for task, values in metrics.result().items():
+      flat = {k: float(getattr(v, 'value', v)) for k, v in values.items()}
+      results[task] = flat
+      logger.eval_report(step, f'eval/{task}', flat)
+  return results
+
+
+@gin.configurable(denylist=['config_text'])
+def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
+          task_feature_lengths: dict = gin.REQUIRED,
+          batch_size: int = gin.REQUIRED, total_steps: int = gin.REQUIRED,
+          model=gin.REQUIRED, optimizer=gin.REQUIRED, schedule=None,
+          mesh=None, split: str = 'train', seed: int = 0, pack: bool = True,
+          shuffle: bool = True, num_microbatches: int = 1,
+          checkpoint_period: int = 1000, keep_last: int | None = 3,
+          keep_every: int | None = None, async_checkpoint: bool = True,
+          log_period: int = 10, eval_period: int = 0,
+          eval_tasks: list | None = None, eval_split: str = 'validation',
+          eval_batch_size: int | None = None,
+          eval_num_examples: int | None = None,
+          eval_loss_batches: int = 2, peak_flops: float | None = None,
+          init_from_hf: str | None = None, stop_after_steps: int | None = None,
+          config_text: str = ''):
+  """Trains `model` on a seqio task or mixture until `total_steps`.
+
+  Resumes from the newest good checkpoint in `model_dir` (parameters,
+  optimizer, step and the input pipeline's position), so a killed or
+  preempted run continues exactly where it stopped. Per-step metrics go to
+  `model_dir/train_metrics.jsonl` and TensorBoard (`model_dir/tb`).
+  `stop_after_steps` ends this invocation early (for staged runs).
+  """
+  os.makedirs(model_dir, exist_ok=True)
+  if config_text and jax.process_index() == 0:
+    checkpoints.write_run_config(model_dir, config_text)
+  mesh = mesh if mesh is not None else partitioning.make_mesh()
+  part = partitioning.Partitioner(mesh)
+  tr = trainer_lib.Trainer(model, part, optimizer, schedule,
+                           num_microbatches=num_microbatches, seed=seed)
+  ckpt = checkpoints.Checkpointer(
+      os.path.join(model_dir, 'checkpoints'),
+      save_interval_steps=checkpoint_period, keep_last=keep_last,
+      keep_every=keep_every, async_save=async_checkpoint)
+  restored = ckpt.restore(tr.abstract_state)
+  if restored is not None:
+    start_step, state, data_state = restored
+    _log(f'resumed from step {start_step} in {model_dir}')
+  else:
+    data_state = None
+    if init_from_hf:
+      from rosetta import checkpoint_import
+      state = tr.state_from_network(
+          checkpoint_import.import_hf_checkpoint(init_from_hf,
+                                                 partitioner=part))
+    else:
+      state = tr.init_state()
+    start_step = 0
+  pipeline = data.InputPipeline(
+      task, split=split, task_feature_lengths=task_feature_lengths,
+      global_batch_size=batch_size, partitioner=part, seed=seed,
+      shuffle=shuffle, pack=pack, state=data_state)
+  eval_names = list(eval_tasks) if eval_tasks is not None else (
+      [task] if eval_period else [])
+  evaluators = [data.make_evaluator(
+      name, eval_split, num_examples=eval_num_examples,
+      task_feature_lengths=task_feature_lengths,
+      async_compute_metrics=False) for name in eval_names]
+  eval_bs = eval_batch_size or batch_size
+  flops = trainer_lib.FlopsCounter.for_params(state['params'])
+  logger = run_logging.RunLogger(
+      os.path.join(model_dir, 'tb'), total_steps, start_step,
+      peak_flops=peak_flops, flops_per_token=flops.flops(1.0))
+  metrics_path = os.path.join(model_dir, 'train_metrics.jsonl')
+  _log(f'training {task} for {total_steps} steps on mesh '
+       f'{dict(mesh.shape)} ({jax.process_count()} process(es)); '
+       f'{flops.num_params / 1e6:.2f}M parameters')
+
+  def eval_loss(state):
+    pipe = data.InputPipeline(
+        task, split=eval_split, task_feature_lengths=task_feature_lengths,
+        global_batch_size=eval_bs, partitioner=part, seed=seed,
+        shuffle=False, pack=pack)
+    sums = None
+    for _ in range(eval_loss_batches):
+      m = tr.eval_step(state, next(pipe))
+      sums = m if sums is None else jax.tree.map(lambda a, b: a + b, sums, m)
+    tokens = max(float(sums['num_tokens']), 1.0)
+    return {'loss': float(sums['loss_sum']) / tokens,
+            'accuracy': float(sums['correct']) / tokens}
+
+  step = start_step
+  end = total_steps if stop_after_steps is None else min(
+      total_steps, start_step + stop_after_steps)
+  tokens_since = 0.0
+  pending = []
+  with checkpoints.PreemptionGuard() as guard:
+    while step < end:
+      batch = next(pipeline)
+      state, metrics = tr.train_step(state, batch)
+      step += 1
+      pending.append((step, metrics))
+      if step % log_period == 0 or step == end:
+        for s, m in pending:  # host transfer only here, not every step
+          host = _host_scalars(m)
+          tokens_since += host['num_tokens']
+          _append_jsonl(metrics_path, {'step': s, **host})
+        logger.train_report(step, host, tokens_since)
+        tokens_since, pending = 0.0, []
+      ckpt.save(step, state, pipeline.state())
+      if eval_period and step % eval_period == 0:
+        logger.eval_report(step, 'validation', eval_loss(state))
+        _run_evaluators(evaluators, tr, state, eval_bs, step, logger)
+        logger.reset_timer(step)
+      if guard.should_stop(step):
+        for s, m in pending:
+          _append_jsonl(metrics_path, {'step': s, **_host_scalars(m)})
+        pending = []
+        ckpt.save(step, state, pipeline.state(), force=True)
+        ckpt.wait()
+        _log(f'preempted: saved step {step}, exiting')
+        ckpt.close()
+        logger.close()
+        return state
+  ckpt.save(step, state, pipeline.state(), force=True)
+  ckpt.wait()
+  ckpt.close()
+  if eval_period and step % eval_period != 0:
+    logger.eval_report(step, 'validation', eval_loss(state))
+    _run_evaluators(evaluators, tr, state, eval_bs, step, logger)
+  logger.close()
+  _log(f'done: step {step}')
+  return state
+
+
+def _restore_for_inference(model_dir, model, mesh, step=None):
+  mesh = mesh if mesh is not None else partitioning.make_mesh()
+  part = partitioning.Partitioner(mesh)
+  tr = trainer_lib.Trainer(model, part, optimizers.make_optimizer('sgd',
+                                                                  1.0))
+  ckpt = checkpoints.Checkpointer(os.path.join(model_dir, 'checkpoints'),
+                                  save_interval_steps=1, read_only=True)
+  restored = ckpt.restore(tr.abstract_state, step=step)
+  if restored is None:
+    raise FileNotFoundError(f'{model_dir}/checkpoints: no checkpoint to '
+                            'evaluate')
+  step, state, _ = restored
+  ckpt.close()
+  return tr, state, step
+
+
+@gin.configurable
+def evaluate(*, model_dir: str = gin.REQUIRED, tasks: list = gin.REQUIRED,
+             model=gin.REQUIRED, split: str = 'validation',
+             batch_size: int = 32, task_feature_lengths: dict | None = None,
+             num_examples: int | None = None, mesh=None,
+             step: int | None = None):
+  """Runs each task's seqio metrics on a saved checkpoint; writes
+  `model_dir/eval_<split>_<step>.json` atomically and returns the metrics."""
+  tr, state, step = _restore_for_inference(model_dir, model, mesh, step)
+  evaluators = [data.make_evaluator(
+      t, split, task_feature_lengths=task_feature_lengths,
+      num_examples=num_examples, async_compute_metrics=False) for t in tasks]
+  logger = run_logging.RunLogger(os.path.join(model_dir, 'tb'), step, step,
+                                 progress_bar=False)
+  results = _run_evaluators(evaluators, tr, state, batch_size, step, logger)
+  logger.close()
+  out = os.path.join(model_dir, f'eval_{split}_{step}.json')
+  tmp = out + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump({'step': step, 'split': split, 'metrics': results}, f, indent=1)
+  os.replace(tmp, out)
+  return results
+
+
+@gin.configurable
+def infer(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
+          model=gin.REQUIRED, output_path: str = gin.REQUIRED,
+          split: str = 'validation', batch_size: int = 32,
+          task_feature_lengths: dict | None = None,
+          num_examples: int | None = None, mesh=None,
+          step: int | None = None):
+  """Decodes a task split with a saved checkpoint; writes JSONL (input,
+  prediction, target per line, in dataset order) atomically."""
+  import seqio
+  from rosetta import data
+  tr, state, step = _restore_for_inference(model_dir, model, mesh, step)
+  task_obj = seqio.get_mixture_or_task(task)
+  evaluator = data.make_evaluator(task, split,
+                                  task_feature_lengths=task_feature_lengths,
+                                  num_examples=num_examples,
+                                  async_compute_metrics=False)
+  network = tr.network(state['params'])
+
+  def predict_batch(features):
+    with tr.partitioner.activate():
+      return tr.model.predict_batch(network, features)
+  predict_fn = data.make_predict_fn(predict_batch,
+                                    global_batch_size=batch_size,
+                                    partitioner=tr.partitioner)
+  dataset = evaluator.model_feature_datasets[task_obj.name]  # (index, feats)
+  predictions = dict(predict_fn(dataset))
+  vocab = task_obj.output_features['targets'].vocabulary
+  examples = evaluator.cached_task_datasets[task_obj.name]
+  records = []
+  for i, ex in enumerate(examples.as_numpy_iterator()):
+    records.append({
+        'index': i,
+        'input': ex.get('inputs_pretokenized', b'').decode('utf-8'),
+        'target': ex.get('targets_pretokenized', b'').decode('utf-8'),
+        'prediction': vocab.decode(list(predictions[i]))})
+  return write_jsonl_atomically(output_path, records)
