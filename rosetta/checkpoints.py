@@ -342,9 +342,16 @@ class Checkpointer:
 
   # -- restore -----------------------------------------------------------
 
-  def _restore_step(self, step: int, target: PyTree) -> tuple[PyTree, Any]:
+  def _restore_step(self, step: int, target: PyTree,
+                    partial: bool = False) -> tuple[PyTree, Any]:
+    state_args = (
+        ocp.args.PyTreeRestore(
+            item=target,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=True)
+        if partial else ocp.args.StandardRestore(target))
     args = ocp.args.Composite(**{
-        _STATE_ITEM: ocp.args.StandardRestore(target),
+        _STATE_ITEM: state_args,
         _DATA_ITEM: ocp.args.JsonRestore(),
     })
     out = self._mgr.restore(step, args=args)
@@ -354,8 +361,8 @@ class Checkpointer:
                        f'{_DATA_FORMAT} record: {str(data)[:200]}')
     return out[_STATE_ITEM], data['data_state']
 
-  def restore(self, target: PyTree, step: int | None = None
-              ) -> tuple[int, PyTree, Any] | None:
+  def restore(self, target: PyTree, step: int | None = None, *,
+              partial: bool = False) -> tuple[int, PyTree, Any] | None:
     """Restores `(step, state, data_state)` onto the shardings of `target`.
 
     Args:
@@ -363,6 +370,8 @@ class Checkpointer:
         `.sharding` or of placed `jax.Array`s (see `abstract_target`).
       step: a specific step (its errors are raised as they are), or None for
         the newest step that restores (see the module docstring).
+      partial: restore only the subtree present in `target` (e.g.
+        `{'params': ...}` for evaluation, whatever optimizer trained it).
 
     Returns:
       `(step, state, data_state)`, or None if `step` is None and the
@@ -377,11 +386,18 @@ class Checkpointer:
     if step is not None:
       step = int(step)
       try:
-        state, data_state = self._restore_step(step, target)
+        state, data_state = self._restore_step(step, target, partial)
       except Exception as e:
         raise CheckpointRestoreError(
             f'could not restore checkpoint step {step} from '
             f'{self._directory}: {_short(e, 2000)}') from e
+      latest = self._mgr.latest_step()
+      if not self._read_only and latest is not None and step < latest:
+        logger.warning(
+            'restored step %d but %s holds steps up to %d: saves of steps '
+            '<= %d will be skipped (orbax never overwrites a step); to branch '
+            'from step %d, continue in a new directory', step,
+            self._directory, latest, latest, step)
       return step, state, data_state
 
     steps = sorted(self._mgr.all_steps(), reverse=True)
@@ -391,7 +407,7 @@ class Checkpointer:
     failures: list[tuple[int, BaseException]] = []
     for s in steps:
       try:
-        state, data_state = self._restore_step(s, target)
+        state, data_state = self._restore_step(s, target, partial)
         ok = True
       except Exception as e:  # any failure: try the next older step
         ok, state, data_state = False, None, None

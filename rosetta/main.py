@@ -50,6 +50,13 @@ def parse_args(argv):
   return known
 
 
+def run_config_text() -> str:
+  """The resolved gin config, minus what differs between the processes of
+  one run (the process id), so every host writes and compares the same."""
+  return '\n'.join(line for line in gin.config_str().splitlines()
+                   if not line.startswith('distributed.process_id')) + '\n'
+
+
 def cli(argv=None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else argv)
   from rosetta import gin_utils
@@ -58,7 +65,7 @@ def cli(argv=None) -> int:
   gin.finalize()
   command = COMMANDS[args.command]
   if args.command == 'train':
-    command(config_text=gin.config_str())
+    command(config_text=run_config_text())
   else:
     command()
   return 0

@@ -126,7 +126,7 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
           eval_num_examples: int | None = None,
           eval_loss_batches: int = 2, peak_flops: float | None = None,
           init_from_hf: str | None = None, stop_after_steps: int | None = None,
-          config_text: str = ''):
+          allow_config_change: bool = False, config_text: str = ''):
   """Trains `model` on a seqio task or mixture until `total_steps`.
 
   Resumes from the newest good checkpoint in `model_dir` (parameters,
@@ -134,10 +134,14 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
   preempted run continues exactly where it stopped. Per-step metrics go to
   `model_dir/train_metrics.jsonl` and TensorBoard (`model_dir/tb`).
   `stop_after_steps` ends this invocation early (for staged runs).
+  The resolved gin config is written to `model_dir/config.gin`; resuming
+  with a different config is refused (with a diff) unless
+  `allow_config_change` (then the old file is kept with a timestamp).
   """
   os.makedirs(model_dir, exist_ok=True)
-  if config_text and jax.process_index() == 0:
-    checkpoints.write_run_config(model_dir, config_text)
+  if config_text:  # every process compares, process 0 writes
+    checkpoints.write_run_config(model_dir, config_text,
+                                 allow_change=allow_config_change)
   mesh = mesh if mesh is not None else partitioning.make_mesh()
   part = partitioning.Partitioner(mesh)
   tr = trainer_lib.Trainer(model, part, optimizer, schedule,
@@ -244,7 +248,9 @@ def _restore_for_inference(model_dir, model, mesh, step=None):
                                                                   1.0))
   ckpt = checkpoints.Checkpointer(os.path.join(model_dir, 'checkpoints'),
                                   save_interval_steps=1, read_only=True)
-  restored = ckpt.restore(tr.abstract_state, step=step)
+  # Parameters only: evaluation does not care which optimizer trained them.
+  restored = ckpt.restore({'params': tr.abstract_state['params']}, step=step,
+                          partial=True)
   if restored is None:
     raise FileNotFoundError(f'{model_dir}/checkpoints: no checkpoint to '
                             'evaluate')
@@ -302,7 +308,7 @@ def infer(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
   predict_fn = data.make_predict_fn(predict_batch,
                                     global_batch_size=batch_size,
                                     partitioner=tr.partitioner)
-  dataset = evaluator.model_feature_datasets[task_obj.name]  # (index, feats)
+  dataset = evaluator.cached_model_datasets[task_obj.name]  # (index, feats)
   predictions = dict(predict_fn(dataset))
   vocab = task_obj.output_features['targets'].vocabulary
   examples = evaluator.cached_task_datasets[task_obj.name]

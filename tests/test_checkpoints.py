@@ -141,11 +141,14 @@ def test_target_must_carry_shardings():
     checkpoints.abstract_target(bad)
 
 
-def test_data_state_must_be_json(tmp_path, mesh_data8):
+def test_data_state_is_json_or_none(tmp_path, mesh_data8):
+  state = _train_state(mesh_data8)
   ckpt = Checkpointer(tmp_path, save_interval_steps=1, async_save=False)
   with pytest.raises(TypeError, match='not JSON-serialisable'):
-    ckpt.save(1, _train_state(mesh_data8), {'batches_consumed': np.int64(3)})
+    ckpt.save(1, state, {'batches_consumed': np.int64(3)})
   assert ckpt.all_steps() == []
+  assert ckpt.save(1, state, None)
+  assert ckpt.restore(checkpoints.abstract_target(state))[2] is None
   ckpt.close()
 
 

@@ -1,0 +1,247 @@
+"""End-to-end runs of `rosetta.main train` in subprocesses: learning on real
+data, exact resume after kill -9 and SIGTERM, resharded resume, fallback
+from a corrupt checkpoint, and 2 processes x 4 devices vs 1 x 8."""
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PY = sys.executable
+
+BASE = [
+    '--gin_file=experiments/tiny_django_en_fr.gin',
+    "--gin.train.task_feature_lengths={'inputs': 32, 'targets': 32}",
+    '--gin.train.batch_size=8',
+    '--gin.train.log_period=1',
+    '--gin.train.eval_period=0',
+]
+
+
+def env(devices=8):
+  e = dict(os.environ)
+  e['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  e['JAX_PLATFORMS'] = 'cpu'
+  e['PYTHONPATH'] = REPO + os.pathsep + e.get('PYTHONPATH', '')
+  e['TF_CPP_MIN_LOG_LEVEL'] = '3'
+  return e
+
+
+def cmd(model_dir, *extra):
+  return [PY, '-m', 'rosetta.main', 'train', *BASE,
+          f"--gin.train.model_dir='{model_dir}'", *extra]
+
+
+def run(model_dir, *extra, devices=8, timeout=600):
+  p = subprocess.run(cmd(model_dir, *extra), env=env(devices), cwd=REPO,
+                     capture_output=True, text=True, timeout=timeout)
+  assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+  return p.stdout + p.stderr
+
+
+def losses(model_dir):
+  """Last logged loss per step (a killed run may log a step twice)."""
+  out = {}
+  with open(os.path.join(model_dir, 'train_metrics.jsonl')) as f:
+    for line in f:
+      if line.strip():
+        r = json.loads(line)
+        out[r['step']] = r['loss']
+  return out
+
+
+def final_params(model_dir):
+  from rosetta import checkpoints
+  ckpt = checkpoints.Checkpointer(os.path.join(model_dir, 'checkpoints'),
+                                  save_interval_steps=1, read_only=True)
+  step = ckpt.latest_step()
+  path = os.path.join(model_dir, 'checkpoints', str(step))
+  ckpt.close()
+  # Raw arrays straight from the files: bit-exact comparison, no model.
+  import orbax.checkpoint as ocp
+  with ocp.PyTreeCheckpointer() as c:
+    tree = c.restore(os.path.join(path, 'state'))
+  return step, tree['params']
+
+
+def assert_trees_equal(a, b):
+  import jax
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(la) == len(lb)
+  for x, y in zip(la, lb):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def wait_for_step(model_dir, proc, step, timeout=300):
+  path = os.path.join(model_dir, 'train_metrics.jsonl')
+  start = time.time()
+  while time.time() - start < timeout:
+    if proc.poll() is not None:
+      raise AssertionError('training ended before it could be killed')
+    if os.path.exists(path) and max(losses(model_dir) or {0: 0}) >= step:
+      return
+    time.sleep(0.05)
+  raise AssertionError(f'step {step} not reached in {timeout}s')
+
+
+@pytest.fixture(scope='module')
+def straight(tmp_path_factory):
+  d = str(tmp_path_factory.mktemp('straight'))
+  run(d, '--gin.train.total_steps=24', '--gin.train.checkpoint_period=4')
+  return d
+
+
+@pytest.mark.parametrize('sig', [signal.SIGKILL, signal.SIGTERM])
+def test_exact_resume_after_kill(straight, tmp_path, sig):
+  d = str(tmp_path)
+  args = ('--gin.train.total_steps=24', '--gin.train.checkpoint_period=4')
+  proc = subprocess.Popen(cmd(d, *args), env=env(), cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+  kill_at = random.Random(int(time.time())).randint(6, 17)
+  wait_for_step(d, proc, kill_at)
+  proc.send_signal(sig)
+  out, _ = proc.communicate(timeout=120)
+  if sig == signal.SIGTERM:
+    assert proc.returncode == 0, out[-2000:]
+    assert 'preempted: saved step' in out
+  else:
+    assert proc.returncode == -signal.SIGKILL
+  out = run(d, *args)
+  assert 'resumed from step' in out
+  want, got = losses(straight), losses(d)
+  assert sorted(got) == sorted(want) == list(range(1, 25))
+  for step in want:  # bit-exact, steps before and after the kill
+    assert got[step] == want[step], (step, got[step], want[step])
+  s1, p1 = final_params(straight)
+  s2, p2 = final_params(d)
+  assert s1 == s2 == 24
+  assert_trees_equal(p1, p2)
+
+
+def test_resume_onto_other_mesh_and_corrupt_fallback(tmp_path):
+  d = str(tmp_path)
+  run(d, '--gin.train.total_steps=8', '--gin.train.checkpoint_period=4',
+      '--gin.partitioning.make_mesh.data=8')
+  # Corrupt the newest checkpoint (step 8): the run must fall back to 4.
+  state_dir = os.path.join(d, 'checkpoints', '8', 'state')
+  for root, _, files in os.walk(state_dir):
+    for name in files:
+      with open(os.path.join(root, name), 'wb') as f:
+        f.write(b'garbage')
+  out = run(d, '--gin.train.total_steps=12', '--gin.train.checkpoint_period=4',
+            '--gin.partitioning.make_mesh.data=4',
+            '--gin.partitioning.make_mesh.model=2',
+            '--gin.train.allow_config_change=True')
+  assert 'resumed from step 4' in out
+  assert 'instead of the newer unreadable step 8' in out, out[-3000:]
+  got = losses(d)
+  assert max(got) == 12 and all(np.isfinite(v) for v in got.values())
+
+
+def test_learns_real_data_with_eval_metrics(tmp_path):
+  from rosetta import data
+  if not os.path.exists(os.path.join(data.data_dir(), 'multi30k')):
+    pytest.skip(f'no Multi30k under {data.data_dir()}')
+  d = str(tmp_path)
+  out = run(d, '--gin_file=experiments/tiny_multi30k_en_de.gin',
+            '--gin.train.total_steps=120', '--gin.train.eval_period=60',
+            '--gin.train.eval_num_examples=16', '--gin.train.log_period=20',
+            "--gin.train.task_feature_lengths={'inputs': 64, 'targets': 64}")
+  got = losses(d)
+  first = np.mean([got[s] for s in range(1, 21)])
+  last = np.mean([got[s] for s in range(101, 121)])
+  assert last < 0.6 * first, (first, last)
+  assert '[eval/multi30k_en_de_bytes @ step 120]' in out
+  assert 'chrf' in out and '[validation @ step 120]' in out
+  tb = os.path.join(d, 'tb')
+  assert os.listdir(os.path.join(tb, 'train'))
+  assert os.path.exists(os.path.join(d, 'config.gin'))
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one(tmp_path):
+  one = str(tmp_path / 'one')
+  args = ('--gin.train.total_steps=6', '--gin.train.checkpoint_period=3',
+          '--gin.train.shuffle=False', '--gin.train.pack=False')
+  run(one, *args)
+  two = str(tmp_path / 'two')
+  port = _free_port()
+  procs = [subprocess.Popen(
+      cmd(two, *args,
+          f"--gin.distributed.coordinator_address='127.0.0.1:{port}'",
+          '--gin.distributed.num_processes=2',
+          f'--gin.distributed.process_id={i}'),
+      env=env(devices=4), cwd=REPO, stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  outs = [p.communicate(timeout=600)[0] for p in procs]
+  for p, o in zip(procs, outs):
+    assert p.returncode == 0, o[-3000:]
+  assert '(2 process(es))' in outs[0]
+  a, b = losses(one), losses(two)
+  assert sorted(a) == sorted(b) == list(range(1, 7))
+  np.testing.assert_allclose([b[s] for s in a], [a[s] for s in a],
+                             rtol=1e-5)
+
+
+def test_evaluate_and_infer_on_saved_checkpoint(straight, tmp_path):
+  common = ['--gin_file=models/tiny.gin', '--gin_file=runs/evaluate.gin',
+            '--gin_file=runs/infer.gin',
+            '--gin.encoder_decoder.T5Config.dropout_rate=0.0',
+            '--gin.models.EncoderDecoderModel.max_decode_length=32',
+            "--gin.evaluate.task_feature_lengths={'inputs': 32, "
+            "'targets': 32}",
+            "--gin.infer.task_feature_lengths={'inputs': 32, 'targets': 32}"]
+  imports = ['--gin_bindings=import translation.example_tasks']
+  p = subprocess.run(
+      [PY, '-m', 'rosetta.main', 'evaluate', *common, *imports,
+       f"--gin.evaluate.model_dir='{straight}'",
+       "--gin.evaluate.tasks=['django_en_fr_bytes']",
+       '--gin.evaluate.num_examples=16', '--gin.evaluate.batch_size=8'],
+      env=env(), cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+  result = json.load(open(os.path.join(straight, 'eval_validation_24.json')))
+  metrics = result['metrics']['django_en_fr_bytes']
+  assert set(metrics) >= {'bleu', 'chrf'}
+  out_path = str(tmp_path / 'predictions.jsonl')
+  p = subprocess.run(
+      [PY, '-m', 'rosetta.main', 'infer', *common, *imports,
+       f"--gin.infer.model_dir='{straight}'",
+       "--gin.infer.task='django_en_fr_bytes'",
+       f"--gin.infer.output_path='{out_path}'",
+       '--gin.infer.num_examples=10', '--gin.infer.batch_size=8'],
+      env=env(), cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+  rows = [json.loads(l) for l in open(out_path)]
+  assert [r['index'] for r in rows] == list(range(10))
+  assert all(set(r) == {'index', 'input', 'target', 'prediction'}
+             for r in rows)
+  assert not [n for n in os.listdir(tmp_path) if '.tmp' in n]
+
+
+def test_cli_errors_name_the_binding(tmp_path):
+  p = subprocess.run(
+      [PY, '-m', 'rosetta.main', 'train', *BASE,
+       '--gin.train.totl_steps=3'], env=env(), cwd=REPO,
+      capture_output=True, text=True, timeout=300)
+  assert p.returncode != 0 and 'totl_steps' in p.stderr
+  p = subprocess.run(
+      [PY, '-m', 'rosetta.main', 'train', *BASE], env=env(), cwd=REPO,
+      capture_output=True, text=True, timeout=300)
+  assert p.returncode != 0 and 'model_dir' in p.stderr
+  p = subprocess.run([PY, '-m', 'rosetta.main', '--help'], env=env(),
+                     cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert p.returncode == 0 and 'evaluate' in p.stdout and '--gin.' in p.stdout
