@@ -364,7 +364,8 @@ def beam_search_core(tokens_to_logits: TokensToLogits, cache, *,
             (jnp.all(fin_flags, axis=1) & (bound <= fin_scores[:, -1])))
     bc = _batch_constrain
     return _BeamState(
-        step=i + 1, alive_seqs=bc(_gather(seqs, pos)), alive_logp=bc(alive_logp),
+        step=i + 1, alive_seqs=bc(_gather(seqs, pos)),
+        alive_logp=bc(alive_logp),
         alive_cov=bc(_gather(cov, pos)) if use_cov else s.alive_cov,
         fin_seqs=bc(fin_seqs), fin_scores=bc(fin_scores),
         fin_flags=bc(fin_flags), done=bc(done), cache=cache)
@@ -478,7 +479,8 @@ def _run(model, encoder_input_tokens, strategy, max_decode_length,
   # Validate here, where the values are concrete, not inside the trace.
   dynamic = {key: value for key, value in dynamic.items() if value is not None}
   if 'max_lengths' in dynamic:
-    _max_lengths(dynamic['max_lengths'], tokens.shape[0], max_decode_length)
+    dynamic['max_lengths'] = _max_lengths(dynamic['max_lengths'],
+                                          tokens.shape[0], max_decode_length)
   graphdef, state = nnx.split(model)
   proc_leaves, proc_static = _split_processors(processors)
   static = _Static(strategy, max_decode_length, proc_static,

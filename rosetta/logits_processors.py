@@ -9,7 +9,9 @@ pure jax.numpy (no host callbacks): the same code compiles on TPU.
 Greedy, sampling and beam search all apply processors to normalised
 log-probabilities, before temperature / top-k / top-p (as HF does in beam
 search). Masking sets a score to `NEG_INF`; nothing is renormalised, so a
-beam's score stays the model's log-likelihood of the tokens it chose.
+beam's score stays the model's log-likelihood of the tokens it chose. A
+processor should only lower scores (never push one above 0): beam search
+stops early on the bound that summed log-probabilities never rise.
 
 The processors here are frozen dataclasses registered as pytrees: their
 array fields are traced (a new prefix does not recompile), their other

@@ -8,6 +8,7 @@ Vocabulary of the hand-written models: 0 = start / pad, 1 = EOS, 2 = 'A',
 """
 
 import itertools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -251,28 +252,32 @@ def test_processors_prefix_min_length_and_banned_tokens():
                 B: {EOS: .7, B: .2, A: .1}})
   fn = markov(rows)
   prefix = jnp.array([[B, A], [A, 0]])  # example 1 has a shorter prefix
-  procs = (lp.ForcePrefix(prefix), lp.MinLength(jnp.array([3, 2])),
-           lp.BanTokens(jnp.array([B])))
-  # The ban holds after the prefix: B is forced at step 0 for example 0 only.
-  tokens, _ = greedy_core(fn, 2, 6, processors=(lp.ForcePrefix(prefix),
-                                                lp.MinLength(
-                                                    jnp.array([3, 2]))))
+  min_len = lp.MinLength(jnp.array([3, 2]))
+  # Prefix, then no EOS before 3 (example 0) or 2 (example 1) tokens.
+  tokens, scores = greedy_core(fn, 2, 6,
+                               processors=(lp.ForcePrefix(prefix), min_len))
   np.testing.assert_array_equal(tokens, [[B, A, A, EOS, 0, 0],
                                          [A, A, EOS, 0, 0, 0]])
-  tokens, scores = beam_core(fn, 2, 6, num_beams=2, num_decodes=2, alpha=0.0,
-                             processors=lp.compose(*procs[1:]))
-  assert not np.any(np.asarray(tokens) == B)
-  for e, min_len in enumerate([3, 2]):
-    for row in np.asarray(tokens[e]):
-      assert EOS not in row[:min_len] and EOS in row
+  # Forced tokens keep their model log-probability; nothing renormalises.
+  np.testing.assert_allclose(
+      scores, np.log([.1 * .1 * .2 * .7, .3 * .2 * .7]), rtol=1e-5)
+
+  # B banned and EOS held back: only A* EOS remains, ranked by likelihood.
+  tokens, scores = beam_core(
+      fn, 2, 6, num_beams=2, num_decodes=2, alpha=0.0,
+      processors=lp.compose(min_len, lp.BanTokens(jnp.array([B]))))
+  np.testing.assert_array_equal(tokens, [
+      [[A, A, A, EOS, 0, 0], [A, A, A, A, EOS, 0]],
+      [[A, A, EOS, 0, 0, 0], [A, A, A, EOS, 0, 0]]])
+  np.testing.assert_allclose(scores, np.log([
+      [.3 * .2 * .2 * .7, .3 * .2 * .2 * .2 * .7],
+      [.3 * .2 * .7, .3 * .2 * .2 * .7]]), rtol=1e-5)
+
   tokens, scores = beam_core(fn, 2, 6, num_beams=2, alpha=0.0,
                              processors=[lp.ForcePrefix(prefix),
                                          lp.MinLength(3)])
   np.testing.assert_array_equal(tokens[:, 0], [[B, A, A, EOS, 0, 0],
                                                [A, A, A, EOS, 0, 0]])
-  # Forced tokens keep their model log-probability.
-  np.testing.assert_allclose(scores[0, 0], np.log(.1 * .1 * .2 * .7),
-                             rtol=1e-5)
 
 
 def test_min_length_equal_to_max_length_forces_full_outputs():
@@ -496,3 +501,13 @@ def test_mesh_decoding_matches_one_device(tiny_model, tmp_path,
   # The outputs come back with rows split over the data axis.
   tok = got[2][0]
   assert tok.sharding.spec[0] in ('data', ('data', 'fsdp')), tok.sharding
+
+  # Rows never leave their data shard: no all-gather in the compiled beam
+  # search yields the whole batch (8 examples, 32 beams), e.g. around top-k.
+  graphdef, state = nnx.split(sharded)
+  with part.activate():
+    hlo = jax.jit(lambda st, x: decoding.beam_search(
+        nnx.merge(graphdef, st), x, processors=procs, **beam_kw)).lower(
+            state, x_sharded).compile().as_text()
+  gathers = re.findall(r'= \w+\[(\d+)[,\]][^\n]* all-gather\(', hlo)
+  assert not set(map(int, gathers)) & {8, 32}, gathers

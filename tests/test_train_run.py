@@ -99,6 +99,7 @@ def straight(tmp_path_factory):
   return d
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('sig', [signal.SIGKILL, signal.SIGTERM])
 def test_exact_resume_after_kill(straight, tmp_path, sig):
   d = str(tmp_path)
@@ -147,6 +148,7 @@ def test_resume_onto_other_mesh_and_corrupt_fallback(tmp_path):
   assert max(got) == 12 and all(np.isfinite(v) for v in got.values())
 
 
+@pytest.mark.slow
 def test_learns_real_data_with_eval_metrics(tmp_path):
   from rosetta import data
   if not os.path.exists(os.path.join(data.data_dir(), 'multi30k')):
@@ -173,6 +175,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
   one = str(tmp_path / 'one')
   args = ('--gin.train.total_steps=6', '--gin.train.checkpoint_period=3',

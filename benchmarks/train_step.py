@@ -1,0 +1,344 @@
+"""Training speed: Rosetta's train step vs HF transformers (PyTorch).
+
+Both train the same T5.1.1 'small' network (d_model 512, 6+6 layers, 6 heads
+x 64, d_ff 1024, gated-GELU, vocab 32,128, untied output projection, dropout
+0) with AdamW (lr 1e-4, betas 0.9/0.999, eps 1e-8, no weight decay) on the
+same random batch (16 x 128 inputs, 16 x 128 targets, no padding), on one
+CPU device. Rows:
+
+  HF transformers  T5ForConditionalGeneration, float32, torch threads = 2;
+                   loss.backward(); opt.step(); opt.zero_grad()
+  Rosetta f32      rosetta.trainer.Trainer.train_step (one jitted, donated
+                   step), float32 activations and parameters
+  Rosetta bf16     the same with dtype='bfloat16' (parameters float32)
+
+Every system gets the same warm-up steps, then the timed steps run
+round-robin (one step of each system in turn), so machine load hits all of
+them alike; the median step time is reported. Rosetta's compile time is the
+first call minus the median step. The matmul peak is measured in the same
+run: a jitted 2048 x 2048 x 2048 matmul, float32, and bfloat16 inputs with
+float32 accumulation (best of N calls).
+
+    MFU = 6 * N_params * target_tokens_per_step / step_time / peak
+
+with N_params = every parameter (embedding table included) and target
+tokens = batch * target length. An analytic count of the real matmul FLOPs
+(no embedding lookup, attention scores included) is printed alongside.
+
+    python benchmarks/train_step.py --quick      # tiny model, sanity check
+    python benchmarks/train_step.py              # the 'small' comparison
+    python benchmarks/train_step.py --steps 10 --warmup 3 --batch 8
+
+It measures, it does not assert; the numbers depend on the machine and on
+whatever else runs on it (the 1-minute load average is printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from rosetta import models, optimizers, partitioning, trainer  # noqa: E402
+from rosetta.encoder_decoder import T5Config  # noqa: E402
+
+# Architecture in HF names; Rosetta's T5Config is built from the same dict.
+SIZES = {
+    'small': dict(vocab_size=32128, d_model=512, d_kv=64, num_heads=6,
+                  d_ff=1024, num_layers=6, num_decoder_layers=6),
+    'tiny': dict(vocab_size=512, d_model=64, d_kv=16, num_heads=4,
+                 d_ff=128, num_layers=2, num_decoder_layers=2),
+}
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  p.add_argument('--model', choices=list(SIZES), default='small')
+  p.add_argument('--batch', type=int, default=16)
+  p.add_argument('--length', type=int, default=128,
+                 help='input length and target length (each)')
+  p.add_argument('--steps', type=int, default=5, help='timed steps')
+  p.add_argument('--warmup', type=int, default=2,
+                 help='untimed steps first (the first compiles Rosetta)')
+  p.add_argument('--lr', type=float, default=1e-4)
+  p.add_argument('--threads', type=int, default=2, help='torch threads')
+  p.add_argument('--peak-reps', type=int, default=10,
+                 help='timed calls of the 2048 matmul per dtype')
+  p.add_argument('--systems', nargs='+', default=['hf', 'f32', 'bf16'],
+                 choices=['hf', 'f32', 'bf16'])
+  p.add_argument('--order', choices=['interleave', 'sequential'],
+                 default='interleave',
+                 help='timed steps round-robin, or each system in one go')
+  p.add_argument('--seed', type=int, default=0)
+  p.add_argument('--quick', action='store_true',
+                 help='tiny model, batch 4 x 32, 1 warm-up + 2 timed steps, '
+                      'small peak matmul')
+  args = p.parse_args(argv)
+  args.peak_n = 2048
+  if args.quick:
+    args.model, args.batch, args.length = 'tiny', 4, 32
+    args.steps, args.warmup, args.peak_reps, args.peak_n = 2, 1, 3, 512
+  if args.steps < 1 or args.warmup < 1:
+    p.error('--steps and --warmup must be >= 1 (the first warm-up step '
+            'compiles)')
+  return args
+
+
+# ------------------------------------------------------------------ peak ---
+def matmul_peak(dtype, n: int, reps: int) -> float:
+  """GFLOP/s of the best of `reps` jitted n^3 matmuls (f32 accumulation)."""
+  k1, k2 = jax.random.split(jax.random.key(0))
+  a = jax.random.normal(k1, (n, n), jnp.float32).astype(dtype)
+  b = jax.random.normal(k2, (n, n), jnp.float32).astype(dtype)
+  f = jax.jit(lambda a, b: jnp.matmul(a, b,
+                                      preferred_element_type=jnp.float32))
+  for _ in range(2):
+    f(a, b).block_until_ready()
+  best = float('inf')
+  for _ in range(reps):
+    t = time.perf_counter()
+    f(a, b).block_until_ready()
+    best = min(best, time.perf_counter() - t)
+  return 2.0 * n ** 3 / best / 1e9
+
+
+# ------------------------------------------------------------------ data ---
+def make_batch(batch: int, length: int, vocab: int, seed: int):
+  rng = np.random.default_rng(seed)
+  enc = rng.integers(2, vocab, size=(batch, length)).astype(np.int32)
+  tgt = rng.integers(2, vocab, size=(batch, length)).astype(np.int32)
+  dec_in = np.concatenate([np.zeros((batch, 1), np.int32), tgt[:, :-1]], 1)
+  return {'encoder_input_tokens': enc, 'decoder_input_tokens': dec_in,
+          'decoder_target_tokens': tgt}
+
+
+def matmul_flops(size: dict, batch: int, length: int) -> float:
+  """Forward+backward FLOPs of every matmul of one step (3x forward):
+  projections, attention scores and context, MLP, output projection. Inputs
+  and targets both have `length` tokens."""
+  e, h, d, f, v = (size['d_model'], size['num_heads'], size['d_kv'],
+                   size['d_ff'], size['vocab_size'])
+  hd, t = h * d, batch * length
+  proj = 2 * t * e * hd                     # one of q/k/v/o
+  attn = 2 * 2 * batch * h * length * length * d  # scores + context
+  mlp = 3 * 2 * t * e * f                   # wi_0, wi_1, wo
+  enc = size['num_layers'] * (4 * proj + attn + mlp)
+  dec = size['num_decoder_layers'] * (2 * (4 * proj + attn) + mlp)
+  head = 2 * t * e * v
+  return 3.0 * (enc + dec + head)
+
+
+# ------------------------------------------------------------------- HF ---
+class HFSystem:
+  name = 'HF transformers (torch, f32)'
+
+  def __init__(self, size, batch_np, args):
+    import torch
+    import transformers
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    cfg = transformers.T5Config(
+        **size, feed_forward_proj='gated-gelu', tie_word_embeddings=False,
+        dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0,
+        eos_token_id=1)
+    model = transformers.T5ForConditionalGeneration(cfg)
+    self.notes = []
+    # transformers 5 forces tie_word_embeddings=True for T5 (the v1.0 vs 1.1
+    # difference lives in scale_decoder_outputs); untie by hand so both
+    # systems have the same parameters and FLOPs.
+    if model.lm_head.weight.data_ptr() == model.shared.weight.data_ptr():
+      # Initialised like Rosetta's logits_dense (std d_model**-0.5), so
+      # both start near loss ln(vocab); speed does not depend on it.
+      model.lm_head.weight = torch.nn.Parameter(
+          torch.randn_like(model.shared.weight) * size['d_model'] ** -0.5)
+      model.config.tie_word_embeddings = False
+      self.notes.append('HF: transformers forced tie_word_embeddings=True; '
+                        'lm_head was untied by hand (a fresh Parameter, '
+                        'std d_model**-0.5).')
+    if getattr(model.config, 'scale_decoder_outputs', False):
+      self.notes.append('HF: scale_decoder_outputs=True (logits rescaled).')
+    model.train()
+    self.model, self.torch = model, torch
+    self.opt = torch.optim.AdamW(model.parameters(), lr=args.lr,
+                                 betas=(0.9, 0.999), eps=1e-8,
+                                 weight_decay=0.0)
+    self.enc = torch.from_numpy(batch_np['encoder_input_tokens']).long()
+    self.dec = torch.from_numpy(batch_np['decoder_input_tokens']).long()
+    self.tgt = torch.from_numpy(batch_np['decoder_target_tokens']).long()
+    self.mask = (self.enc != 0).long()
+    self.num_params = sum(p.numel() for p in
+                          {id(p): p for p in model.parameters()}.values())
+    self.losses = []
+
+  def untied(self) -> bool:
+    m = self.model
+    return m.lm_head.weight.data_ptr() != m.shared.weight.data_ptr()
+
+  def step(self):
+    out = self.model(input_ids=self.enc, attention_mask=self.mask,
+                     decoder_input_ids=self.dec, labels=self.tgt)
+    out.loss.backward()
+    self.opt.step()
+    self.opt.zero_grad()
+    self.losses.append(float(out.loss.detach()))
+
+
+# -------------------------------------------------------------- Rosetta ---
+class RosettaSystem:
+
+  def __init__(self, size, batch_np, args, dtype: str):
+    self.name = f'Rosetta ({dtype} activations, f32 params)'
+    self.dtype = dtype
+    cfg = T5Config(vocab_size=size['vocab_size'], emb_dim=size['d_model'],
+                   num_heads=size['num_heads'], head_dim=size['d_kv'],
+                   mlp_dim=size['d_ff'],
+                   num_encoder_layers=size['num_layers'],
+                   num_decoder_layers=size['num_decoder_layers'],
+                   dropout_rate=0.0, tie_word_embeddings=False, dtype=dtype,
+                   param_dtype='float32')
+    sched = optimizers.learning_rate_schedule('constant', args.lr, 0)
+    mesh = partitioning.make_mesh(data=1, devices=jax.devices()[:1])
+    self.trainer = trainer.Trainer(
+        models.EncoderDecoderModel(cfg, z_loss=0.0),
+        partitioning.Partitioner(mesh),
+        optimizers.make_optimizer('adamw', sched, b1=0.9, b2=0.999,
+                                  weight_decay=0.0),
+        sched, seed=args.seed)
+    self.state = self.trainer.init_state()
+    self.batch = jax.device_put(batch_np,
+                                self.trainer.batch_shardings(batch_np))
+    self.num_params = int(sum(np.prod(x.shape) for x in
+                              jax.tree.leaves(self.state['params'])))
+    self.notes = []
+    self.losses = []
+
+  def step(self):
+    self.state, metrics = self.trainer.train_step(self.state, self.batch)
+    jax.block_until_ready((self.state, metrics))
+    self.losses.append(float(metrics['loss']))
+
+
+# ----------------------------------------------------------------- main ---
+def timed(system) -> float:
+  t = time.perf_counter()
+  system.step()
+  return time.perf_counter() - t
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  size = SIZES[args.model]
+  print(f'# train_step benchmark, {datetime.date.today()}, '
+        f'{platform.processor() or platform.machine()}, '
+        f'{os.cpu_count()} cores, jax {jax.__version__} '
+        f'({jax.devices()[0].platform}, {len(jax.devices())} device(s))')
+  print(f'load average at start: {os.getloadavg()[0]:.2f}')
+
+  peak32 = matmul_peak(jnp.float32, args.peak_n, args.peak_reps)
+  peak16 = matmul_peak(jnp.bfloat16, args.peak_n, args.peak_reps)
+  print(f'measured matmul peak ({args.peak_n}^3, best of {args.peak_reps}): '
+        f'float32 {peak32:.1f} GFLOP/s, bfloat16 in / float32 acc '
+        f'{peak16:.1f} GFLOP/s')
+
+  batch_np = make_batch(args.batch, args.length, size['vocab_size'],
+                        args.seed)
+  systems = []
+  for key in args.systems:
+    t = time.perf_counter()
+    if key == 'hf':
+      s = HFSystem(size, batch_np, args)
+      s.peak = peak32
+    else:
+      s = RosettaSystem(size, batch_np, args,
+                        'float32' if key == 'f32' else 'bfloat16')
+      s.peak = peak32 if key == 'f32' else peak16
+    s.key, s.init_s, s.times = key, time.perf_counter() - t, []
+    systems.append(s)
+
+  counts = {s.key: s.num_params for s in systems}
+  print('parameters: ' + ', '.join(f'{s.name} {s.num_params:,}'
+                                   for s in systems)
+        + ('  (match)' if len(set(counts.values())) == 1 else
+           '  (MISMATCH)'))
+  n_params = counts.get('f32', counts.get('bf16', counts.get('hf')))
+
+  # Warm-up: the first step of each Rosetta system traces and compiles.
+  for s in systems:
+    s.first_s = timed(s)
+    for _ in range(args.warmup - 1):
+      timed(s)
+  if args.order == 'interleave':
+    for _ in range(args.steps):
+      for s in systems:
+        s.times.append(timed(s))
+  else:
+    for s in systems:
+      s.times = [timed(s) for _ in range(args.steps)]
+
+  tokens = args.batch * args.length
+  model_flops = 6.0 * n_params * tokens
+  exact_flops = matmul_flops(size, args.batch, args.length)
+  hf = next((s for s in systems if s.key == 'hf'), None)
+  hf_tps = tokens / statistics.median(hf.times) if hf else None
+
+  print()
+  print(f'model {args.model}: d_model {size["d_model"]}, '
+        f'{size["num_layers"]}+{size["num_decoder_layers"]} layers, '
+        f'{size["num_heads"]} heads x {size["d_kv"]}, d_ff {size["d_ff"]}, '
+        f'vocab {size["vocab_size"]} (untied); batch {args.batch} x '
+        f'{args.length} inputs, {args.length} targets; AdamW lr {args.lr}; '
+        f'{args.warmup} warm-up + {args.steps} timed steps ({args.order})')
+  print()
+  print('| system | step time (s), median [min-max] | target tokens/s '
+        '| ratio vs HF | MFU | compile (s) |')
+  print('|---|---|---|---|---|---|')
+  for s in systems:
+    med = statistics.median(s.times)
+    tps = tokens / med
+    ratio = f'{tps / hf_tps:.2f}x' if hf_tps else 'n/a'
+    mfu = model_flops / med / (s.peak * 1e9)
+    peak_name = 'bf16' if s.key == 'bf16' else 'f32'
+    compile_s = ('n/a' if s.key == 'hf'
+                 else f'{max(s.first_s - med, 0.0):.1f}')
+    print(f'| {s.name} | {med:.3f} [{min(s.times):.3f}-{max(s.times):.3f}] '
+          f'| {tps:,.0f} | {ratio} | {100 * mfu:.1f}% of {peak_name} peak '
+          f'| {compile_s} |')
+  print()
+  print(f'measured peak: float32 {peak32:.1f} GFLOP/s; bfloat16 inputs with '
+        f'float32 accumulation {peak16:.1f} GFLOP/s (jitted {args.peak_n}^3 '
+        f'matmul, best of {args.peak_reps})')
+  print(f'MFU = 6 * N_params * target_tokens / step_time / peak, N_params = '
+        f'{n_params:,}, target_tokens = {args.batch} * {args.length} = '
+        f'{tokens:,} per step -> {model_flops / 1e9:.1f} GFLOP per step')
+  print(f'analytic matmul FLOPs (no embedding lookup, attention included): '
+        f'{exact_flops / 1e9:.1f} GFLOP per step '
+        f'({exact_flops / model_flops:.2f}x the 6*N*T count); '
+        + ', '.join(f'{s.key} {exact_flops / statistics.median(s.times) / 1e9:.0f}'
+                    for s in systems) + ' GFLOP/s achieved')
+  if hf:
+    print(f'HF lm_head untied from shared embedding: {hf.untied()}')
+  for s in systems:
+    for note in s.notes:
+      print(note)
+  print('loss first -> last step: ' + ', '.join(
+      f'{s.key} {s.losses[0]:.3f} -> {s.losses[-1]:.3f}' for s in systems))
+  print('Rosetta compile = first call - median step; first call '
+        + ', '.join(f'{s.key} {s.first_s:.1f} s' for s in systems
+                    if s.key != 'hf')
+        + '; setup (init) ' + ', '.join(f'{s.key} {s.init_s:.1f} s'
+                                        for s in systems))
+  print(f'load average at end: {os.getloadavg()[0]:.2f}')
+
+
+if __name__ == '__main__':
+  main()
