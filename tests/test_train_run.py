@@ -103,7 +103,8 @@ def straight(tmp_path_factory):
 @pytest.mark.parametrize('sig', [signal.SIGKILL, signal.SIGTERM])
 def test_exact_resume_after_kill(straight, tmp_path, sig):
   d = str(tmp_path)
-  args = ('--gin.train.total_steps=24', '--gin.train.checkpoint_period=4')
+  args = ('--gin.train.total_steps=24', '--gin.train.checkpoint_period=4',
+          '--gin.train.async_checkpoint=True')
   proc = subprocess.Popen(cmd(d, *args), env=env(), cwd=REPO,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True)
