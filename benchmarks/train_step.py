@@ -80,6 +80,10 @@ def parse_args(argv=None):
                  default='interleave',
                  help='timed steps round-robin, or each system in one go')
   p.add_argument('--seed', type=int, default=0)
+  p.add_argument('--wait-for-load', type=float, default=None, metavar='L',
+                 help='first wait (up to --max-wait s) until the 1-minute '
+                      'load average is below L; for shared machines')
+  p.add_argument('--max-wait', type=float, default=900)
   p.add_argument('--quick', action='store_true',
                  help='tiny model, batch 4 x 32, 1 warm-up + 2 timed steps, '
                       'small peak matmul')
@@ -230,25 +234,57 @@ class RosettaSystem:
 
 # ----------------------------------------------------------------- main ---
 def timed(system) -> float:
+  """Wall seconds of one step; the process CPU seconds go to system.cpu."""
+  c = time.process_time()
   t = time.perf_counter()
   system.step()
-  return time.perf_counter() - t
+  wall = time.perf_counter() - t
+  system.cpu.append(time.process_time() - c)
+  return wall
+
+
+def cpu_model() -> str:
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def wait_for_quiet(threshold: float, max_wait: float):
+  """Sleeps until the 1-minute load average is below `threshold`."""
+  start = time.time()
+  while os.getloadavg()[0] > threshold and time.time() - start < max_wait:
+    time.sleep(10)
+  waited = time.time() - start
+  if waited > 1:
+    print(f'waited {waited:.0f} s for load average < {threshold} '
+          f'(now {os.getloadavg()[0]:.2f})')
 
 
 def main(argv=None):
   args = parse_args(argv)
   size = SIZES[args.model]
-  print(f'# train_step benchmark, {datetime.date.today()}, '
-        f'{platform.processor() or platform.machine()}, '
-        f'{os.cpu_count()} cores, jax {jax.__version__} '
-        f'({jax.devices()[0].platform}, {len(jax.devices())} device(s))')
-  print(f'load average at start: {os.getloadavg()[0]:.2f}')
+  import torch
+  import transformers
+  print(f'# train_step benchmark, {datetime.date.today()}, {cpu_model()}, '
+        f'{os.cpu_count()} cores; jax {jax.__version__} '
+        f'({jax.devices()[0].platform}, {len(jax.devices())} device), '
+        f'torch {torch.__version__}, transformers {transformers.__version__}')
+  if args.wait_for_load is not None:
+    wait_for_quiet(args.wait_for_load, args.max_wait)
+  load_start = os.getloadavg()[0]
+  print(f'load average at start: {load_start:.2f}')
 
-  peak32 = matmul_peak(jnp.float32, args.peak_n, args.peak_reps)
-  peak16 = matmul_peak(jnp.bfloat16, args.peak_n, args.peak_reps)
-  print(f'measured matmul peak ({args.peak_n}^3, best of {args.peak_reps}): '
-        f'float32 {peak32:.1f} GFLOP/s, bfloat16 in / float32 acc '
-        f'{peak16:.1f} GFLOP/s')
+  # The peak is measured before and after the steps; the best counts.
+  peaks = {'f32': [matmul_peak(jnp.float32, args.peak_n, args.peak_reps)],
+           'bf16': [matmul_peak(jnp.bfloat16, args.peak_n, args.peak_reps)]}
+  print(f'matmul peak before ({args.peak_n}^3, best of {args.peak_reps}): '
+        f'float32 {peaks["f32"][0]:.1f} GFLOP/s, bfloat16 in / float32 acc '
+        f'{peaks["bf16"][0]:.1f} GFLOP/s')
 
   batch_np = make_batch(args.batch, args.length, size['vocab_size'],
                         args.seed)
@@ -257,12 +293,11 @@ def main(argv=None):
     t = time.perf_counter()
     if key == 'hf':
       s = HFSystem(size, batch_np, args)
-      s.peak = peak32
     else:
       s = RosettaSystem(size, batch_np, args,
                         'float32' if key == 'f32' else 'bfloat16')
-      s.peak = peak32 if key == 'f32' else peak16
-    s.key, s.init_s, s.times = key, time.perf_counter() - t, []
+    s.peak_key = 'bf16' if key == 'bf16' else 'f32'
+    s.key, s.init_s, s.times, s.cpu = key, time.perf_counter() - t, [], []
     systems.append(s)
 
   counts = {s.key: s.num_params for s in systems}
@@ -283,7 +318,13 @@ def main(argv=None):
         s.times.append(timed(s))
   else:
     for s in systems:
+      s.cpu = []
       s.times = [timed(s) for _ in range(args.steps)]
+  for s in systems:
+    s.cpu = s.cpu[-args.steps:]
+  peaks['f32'].append(matmul_peak(jnp.float32, args.peak_n, args.peak_reps))
+  peaks['bf16'].append(matmul_peak(jnp.bfloat16, args.peak_n, args.peak_reps))
+  peak = {k: max(v) for k, v in peaks.items()}
 
   tokens = args.batch * args.length
   model_flops = 6.0 * n_params * tokens
@@ -300,23 +341,26 @@ def main(argv=None):
         f'{args.warmup} warm-up + {args.steps} timed steps ({args.order})')
   print()
   print('| system | step time (s), median [min-max] | target tokens/s '
-        '| ratio vs HF | MFU | compile (s) |')
-  print('|---|---|---|---|---|---|')
+        '| ratio vs HF | MFU | compile (s) | cores busy |')
+  print('|---|---|---|---|---|---|---|')
   for s in systems:
     med = statistics.median(s.times)
     tps = tokens / med
     ratio = f'{tps / hf_tps:.2f}x' if hf_tps else 'n/a'
-    mfu = model_flops / med / (s.peak * 1e9)
-    peak_name = 'bf16' if s.key == 'bf16' else 'f32'
+    mfu = model_flops / med / (peak[s.peak_key] * 1e9)
     compile_s = ('n/a' if s.key == 'hf'
                  else f'{max(s.first_s - med, 0.0):.1f}')
+    busy = statistics.median(c / w for c, w in zip(s.cpu, s.times))
     print(f'| {s.name} | {med:.3f} [{min(s.times):.3f}-{max(s.times):.3f}] '
-          f'| {tps:,.0f} | {ratio} | {100 * mfu:.1f}% of {peak_name} peak '
-          f'| {compile_s} |')
+          f'| {tps:,.0f} | {ratio} | {100 * mfu:.1f}% of {s.peak_key} peak '
+          f'| {compile_s} | {busy:.2f} |')
   print()
-  print(f'measured peak: float32 {peak32:.1f} GFLOP/s; bfloat16 inputs with '
-        f'float32 accumulation {peak16:.1f} GFLOP/s (jitted {args.peak_n}^3 '
-        f'matmul, best of {args.peak_reps})')
+  print(f'measured peak: float32 {peak["f32"]:.1f} GFLOP/s; bfloat16 inputs '
+        f'with float32 accumulation {peak["bf16"]:.1f} GFLOP/s (jitted '
+        f'{args.peak_n}^3 matmul, best of {args.peak_reps} calls, before '
+        f'and after the steps: f32 '
+        + '/'.join(f'{v:.0f}' for v in peaks['f32']) + ', bf16 '
+        + '/'.join(f'{v:.0f}' for v in peaks['bf16']) + ')')
   print(f'MFU = 6 * N_params * target_tokens / step_time / peak, N_params = '
         f'{n_params:,}, target_tokens = {args.batch} * {args.length} = '
         f'{tokens:,} per step -> {model_flops / 1e9:.1f} GFLOP per step')
@@ -337,7 +381,9 @@ def main(argv=None):
                     if s.key != 'hf')
         + '; setup (init) ' + ', '.join(f'{s.key} {s.init_s:.1f} s'
                                         for s in systems))
-  print(f'load average at end: {os.getloadavg()[0]:.2f}')
+  print('cores busy = process CPU seconds / wall seconds per timed step '
+        f'(median; {os.cpu_count()} = the whole machine); load average '
+        f'start {load_start:.2f}, end {os.getloadavg()[0]:.2f}')
 
 
 if __name__ == '__main__':

@@ -329,7 +329,7 @@ class EncoderDecoder(nnx.Module):
     """
     index = self.decoder.cache_index[...]
     b, c = decoder_input_tokens.shape
-    max_len = self.decoder.layers[0].self_attention.cached_key.shape[1]
+    max_len = self.decoder.layers[0].self_attention.cached_key.shape[2]
     q_pos = jnp.broadcast_to(index + jnp.arange(c, dtype=jnp.int32), (b, c))
     k_pos = jnp.broadcast_to(jnp.arange(max_len, dtype=jnp.int32),
                              (b, max_len))

@@ -24,7 +24,12 @@ BATCH_LENGTH_EMBED = ('activation_batch', 'activation_length',
                       'activation_embed')
 BATCH_LENGTH_HEADS_KV = ('activation_batch', 'activation_length',
                          'activation_heads', 'activation_kv')
-CACHE_AXES = ('cache_batch', 'cache_length', 'cache_heads', 'cache_kv')
+# Keys and values are kept heads-major, (b, h, k, d): the layout the score
+# and context matmuls read, so neither a cached K/V nor a new chunk is
+# transposed at every decoding step.
+BATCH_HEADS_LENGTH_KV = ('activation_batch', 'activation_heads',
+                         'activation_length', 'activation_kv')
+CACHE_AXES = ('cache_batch', 'cache_heads', 'cache_length', 'cache_kv')
 
 
 def normal_init(key, shape, stddev, dtype):
@@ -134,17 +139,18 @@ class MultiHeadAttention(nnx.Module):
     self.cached_key: nnx.Cache | None = nnx.data(None)
     self.cached_value: nnx.Cache | None = nnx.data(None)
 
-  def _project(self, x, kernel):
-    y = jnp.einsum('ble,ehd->blhd', x, kernel[...].astype(self.dtype))
-    return constrain(y, BATCH_LENGTH_HEADS_KV)
+  def _project_kv(self, x, kernel):
+    y = jnp.einsum('ble,ehd->bhld', x, kernel[...].astype(self.dtype))
+    return constrain(y, BATCH_HEADS_LENGTH_KV)
 
   def project_kv(self, inputs_kv):
-    return (self._project(inputs_kv, self.key),
-            self._project(inputs_kv, self.value))
+    """(b, k, e) -> keys and values, each (b, h, k, d)."""
+    return (self._project_kv(inputs_kv, self.key),
+            self._project_kv(inputs_kv, self.value))
 
   def init_cache(self, batch: int, max_length: int):
     """Empty self-attention cache of `max_length` positions."""
-    shape = (batch, max_length, self.num_heads, self.head_dim)
+    shape = (batch, self.num_heads, max_length, self.head_dim)
     zeros = constrain(jnp.zeros(shape, self.dtype), CACHE_AXES)
     self.cached_key = nnx.Cache(zeros, logical_axes=CACHE_AXES)
     self.cached_value = nnx.Cache(zeros, logical_axes=CACHE_AXES)
@@ -162,24 +168,27 @@ class MultiHeadAttention(nnx.Module):
                deterministic: bool = True, rngs: nnx.Rngs | None = None,
                return_probs: bool = False):
     """inputs_q (b, q, e); inputs_kv (b, k, e) or None for self-attention.
+    Caches hold keys and values as (b, h, length, d).
 
     cache_index: with a self-attention cache, write this chunk's keys and
       values at [cache_index, cache_index + q) and attend over the cache.
     use_static_kv: attend over the cross-attention K/V set by `set_static_kv`.
     bias: (b|1, h, q, k) float32; mask: (b|1, 1, q, k) bool (True = attend).
     """
-    q = self._project(inputs_q, self.query)
+    q = constrain(jnp.einsum('ble,ehd->blhd', inputs_q,
+                             self.query[...].astype(self.dtype)),
+                  BATCH_LENGTH_HEADS_KV)
     if use_static_kv:
       k, v = self.cached_key[...], self.cached_value[...]
     else:
       k, v = self.project_kv(inputs_q if inputs_kv is None else inputs_kv)
       if cache_index is not None:
-        start = (0, cache_index, 0, 0)
+        start = (0, 0, cache_index, 0)
         k = jax.lax.dynamic_update_slice(self.cached_key[...], k, start)
         v = jax.lax.dynamic_update_slice(self.cached_value[...], v, start)
         self.cached_key[...] = constrain(k, CACHE_AXES)
         self.cached_value[...] = constrain(v, CACHE_AXES)
-    scores = jnp.einsum('bqhd,bkhd->bhqk', q, k,
+    scores = jnp.einsum('bqhd,bhkd->bhqk', q, k,
                         preferred_element_type=jnp.float32)
     if bias is not None:
       scores = scores + bias
@@ -187,9 +196,9 @@ class MultiHeadAttention(nnx.Module):
       scores = jnp.where(mask, scores, NEG_INF)
     probs = jax.nn.softmax(scores, axis=-1)
     dropped = self.dropout(probs, deterministic=deterministic, rngs=rngs)
-    ctx = jnp.einsum('bhqk,bkhd->bqhd', dropped.astype(self.dtype), v)
-    ctx = constrain(ctx, BATCH_LENGTH_HEADS_KV)
-    out = jnp.einsum('bqhd,hde->bqe', ctx, self.out[...].astype(self.dtype))
+    ctx = jnp.einsum('bhqk,bhkd->bhqd', dropped.astype(self.dtype), v)
+    ctx = constrain(ctx, BATCH_HEADS_LENGTH_KV)
+    out = jnp.einsum('bhqd,hde->bqe', ctx, self.out[...].astype(self.dtype))
     out = constrain(out, BATCH_LENGTH_EMBED)
     return (out, probs) if return_probs else out
 

@@ -130,22 +130,34 @@ class EncoderDecoderModel:
     return loss.sum() / normalizer, metrics
 
   # ----------------------------------------------------------- inference ---
-  def predict_batch(self, network: EncoderDecoder, batch, **overrides):
-    """Best decode per example: (b, max_decode_length) tokens."""
+  def predict_batch(self, network: EncoderDecoder, batch, *,
+                    processors=(), return_scores: bool = False,
+                    **overrides):
+    """Best decode per example: (b, max_decode_length) tokens (and its
+    score with `return_scores`). `overrides` replace the wrapper's decoding
+    settings (num_beams, alpha, beta, length_penalty, max_decode_length);
+    `processors` are logits processors, e.g. a forced language token."""
     kw = dict(max_decode_length=self.max_decode_length,
               num_beams=self.num_beams, alpha=self.alpha, beta=self.beta,
               length_penalty=self.length_penalty)
+    unknown = set(overrides) - set(kw)
+    if unknown:
+      raise TypeError(f'predict_batch: unknown decoding options '
+                      f'{sorted(unknown)}; known: {sorted(kw)}')
     kw.update(overrides)
     enc = batch['encoder_input_tokens']
     if kw['num_beams'] <= 1:
-      tokens, _ = decoding.greedy(network, enc,
-                                  max_decode_length=kw['max_decode_length'])
-      return tokens
-    tokens, _ = decoding.beam_search(
-        network, enc, num_beams=kw['num_beams'],
-        max_decode_length=kw['max_decode_length'], alpha=kw['alpha'],
-        beta=kw['beta'], length_penalty=kw['length_penalty'])
-    return tokens[:, 0]
+      tokens, scores = decoding.greedy(
+          network, enc, max_decode_length=kw['max_decode_length'],
+          processors=processors)
+    else:
+      tokens, scores = decoding.beam_search(
+          network, enc, num_beams=kw['num_beams'],
+          max_decode_length=kw['max_decode_length'], alpha=kw['alpha'],
+          beta=kw['beta'], length_penalty=kw['length_penalty'],
+          processors=processors)
+      tokens, scores = tokens[:, 0], scores[:, 0]
+    return (tokens, scores) if return_scores else tokens
 
   def score_batch(self, network: EncoderDecoder, batch):
     """Log-likelihood of each example's target: (b,)."""

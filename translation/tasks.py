@@ -1,0 +1,212 @@
+"""seqio translation tasks: one per corpus and direction, target tag first.
+
+Naming: `{corpus}_translate_{src}_{tgt}{suffix}` with ISO 639-1 codes, e.g.
+
+    tatoeba_translate_en_de    train / validation / test (hash split)
+    tatoeba_translate_de_en    the same pairs reversed (same split)
+    flores_translate_de_fr     validation / test only: evaluation, also for
+                               zero-shot directions (FLORES is multi-parallel)
+    django_translate_en_fr     Django .po strings (any machine)
+    multi30k_translate_en_de   official Multi30k splits
+
+`suffix` tells vocabularies apart when both are registered (e.g. '_bytes').
+
+Input format (Johnson et al. 2017): the target-language token `<2xx>` comes
+first. With a SentencePiece vocabulary it is ONE reserved piece (see
+`rosetta.vocab`), prepended as an id after tokenization, so it is always
+`inputs[0]`::
+
+    register_translation_tasks(vocab, 'tatoeba', [('en', 'de')])
+    ex = next(seqio.get_mixture_or_task('tatoeba_translate_en_de')
+              .get_dataset(None, 'validation', shuffle=False)
+              .as_numpy_iterator())
+    ex['inputs']               # [language_token_id(vocab, 'de'), ..., 1(EOS)]
+    ex['inputs_pretokenized']  # b'<2de> Tom is ...'
+    ex['targets_pretokenized'] # b'Tom ist ...'
+
+With `seqio.ByteVocabulary()` the tag is plain text ('<2de> ' + source:
+six byte tokens). `encode_source` builds the same ids for inference.
+
+Metrics per task: sacreBLEU BLEU and chrF on detokenized text. BLEU's
+tokenizer follows the target language: 'zh' for Chinese; 'char' for
+Japanese and Thai (no spaces; sacreBLEU's 'ja-mecab' needs the optional
+mecab packages, not installed here, and a metric that changed with the
+installed packages would not be comparable across machines); '13a'
+otherwise, Korean included ('ko-mecab' is also optional).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Iterable, Sequence
+
+import sacrebleu
+import seqio
+import tensorflow as tf
+
+from rosetta import data
+from rosetta import vocab as vocab_lib
+from translation import sources
+
+Direction = tuple[str, str]
+
+BLEU_TOKENIZERS = {'zh': 'zh', 'ja': 'char', 'th': 'char'}
+
+
+def task_name(corpus: str, src: str, tgt: str, suffix: str = '') -> str:
+  """('tatoeba', 'en', 'de') -> 'tatoeba_translate_en_de'."""
+  if corpus not in sources.CORPORA:
+    raise ValueError(f'unknown corpus {corpus!r}; known: {sources.CORPORA}')
+  src, tgt = sources.language(src).code, sources.language(tgt).code
+  return f'{corpus}_translate_{src}_{tgt}{suffix}'
+
+
+def parse_directions(spec: str | Iterable[str | Direction]) -> list[Direction]:
+  """'en-de,de-en' (or ['en-de', ('de', 'en')]) -> [('en','de'), ('de','en')].
+
+  Codes are normalised to ISO 639-1 ('deu-eng' -> ('de', 'en')).
+  """
+  items = spec.split(',') if isinstance(spec, str) else list(spec)
+  out = []
+  for item in items:
+    pair = item.strip().split('-') if isinstance(item, str) else list(item)
+    if len(pair) != 2 or not all(pair):
+      raise ValueError(f'direction {item!r}: expected "src-tgt", e.g. "en-de"')
+    src, tgt = (sources.language(c).code for c in pair)
+    if src == tgt:
+      raise ValueError(f'direction {item!r} translates into itself')
+    out.append((src, tgt))
+  return out
+
+
+def english_centric(languages: Iterable[str]) -> list[Direction]:
+  """['de', 'fr'] -> [('en','de'), ('de','en'), ('en','fr'), ('fr','en')]."""
+  out = []
+  for l in languages:
+    l = sources.language(l).code
+    if l != 'en':
+      out += [('en', l), (l, 'en')]
+  return out
+
+
+def zero_shot_directions(languages: Iterable[str],
+                         trained: Iterable[Direction]) -> list[Direction]:
+  """Ordered pairs of `languages` not among the `trained` directions,
+  e.g. (['en', 'de', 'fr'], english_centric(['de', 'fr'])) ->
+  [('de', 'fr'), ('fr', 'de')]."""
+  codes = sorted({sources.language(l).code for l in languages})
+  seen = set(parse_directions(list(trained)))
+  return [(a, b) for a in codes for b in codes if a != b and (a, b) not in seen]
+
+
+def bleu_tokenizer(tgt: str) -> str:
+  return BLEU_TOKENIZERS.get(sources.language(tgt).code, '13a')
+
+
+def metric_fns(tgt: str) -> list:
+  """[fn(targets, predictions) -> {'bleu', 'chrf'}] for target language."""
+  tokenize = bleu_tokenizer(tgt)
+
+  def bleu_chrf(targets, predictions):
+    refs = [list(targets)]
+    preds = list(predictions)
+    return {
+        'bleu': sacrebleu.corpus_bleu(preds, refs, tokenize=tokenize).score,
+        'chrf': sacrebleu.corpus_chrf(preds, refs).score}
+  bleu_chrf.__name__ = f'bleu_{tokenize}_chrf'
+  return [bleu_chrf]
+
+
+def prepend_token(dataset: tf.data.Dataset, token_id: int,
+                  tag: str) -> tf.data.Dataset:
+  """After tokenization: inputs = [token_id] + inputs; the readable copy
+  `inputs_pretokenized` becomes tag + ' ' + source."""
+  def fn(ex):
+    ex = dict(ex)
+    ex['inputs'] = tf.concat(
+        [tf.constant([token_id], ex['inputs'].dtype), ex['inputs']], 0)
+    if 'inputs_pretokenized' in ex:
+      ex['inputs_pretokenized'] = tf.strings.join(
+          [tag + ' ', ex['inputs_pretokenized']])
+    return ex
+  return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def encode_source(vocabulary: seqio.Vocabulary, text: str,
+                  tgt: str) -> list[int]:
+  """Token ids of a source sentence as the tasks build them (no EOS)."""
+  tgt = sources.language(tgt).code
+  token = vocab_lib.language_token_id(vocabulary, tgt)
+  if token is None:
+    return list(vocabulary.encode(f'{vocab_lib.language_token(tgt)} {text}'))
+  return [token] + list(vocabulary.encode(text))
+
+
+def register_task(name: str, source: seqio.DataSource,
+                  vocabulary: seqio.Vocabulary, tgt: str, *,
+                  replace: bool = True,
+                  shuffle_buffer_size: int = seqio.SHUFFLE_BUFFER_SIZE
+                  ) -> seqio.Task:
+  """One translation Task from a {'source', 'target'} source into `tgt`.
+
+  Preprocessors: text pair -> inputs/targets (tag as text for byte
+  vocabularies), tokenize, prepend the tag id (SentencePiece), EOS after
+  trimming (a truncated example keeps its tag and ends in EOS).
+  """
+  tgt = sources.language(tgt).code
+  tag = vocab_lib.language_token(tgt)
+  token = vocab_lib.language_token_id(vocabulary, tgt)
+  preprocessors = [
+      functools.partial(data.text_pair_to_inputs_targets,
+                        input_prefix='' if token is not None else tag + ' '),
+      seqio.preprocessors.tokenize]
+  if token is not None:
+    preprocessors.append(functools.partial(prepend_token, token_id=token,
+                                           tag=tag))
+  preprocessors.append(seqio.preprocessors.append_eos_after_trim)
+  if replace:
+    seqio.TaskRegistry.remove(name)
+  return seqio.TaskRegistry.add(
+      name, source=source,
+      output_features={
+          'inputs': seqio.Feature(vocabulary, add_eos=True),
+          'targets': seqio.Feature(vocabulary, add_eos=True)},
+      preprocessors=preprocessors, metric_fns=metric_fns(tgt),
+      shuffle_buffer_size=shuffle_buffer_size)
+
+
+def register_translation_tasks(
+    vocabulary: seqio.Vocabulary, corpus: str,
+    directions: str | Sequence[str | Direction], *, suffix: str = '',
+    root: str | None = None, spec: sources.SplitSpec | None = None,
+    replace: bool = True) -> list[str]:
+  """Registers `{corpus}_translate_{src}_{tgt}{suffix}` for each direction.
+
+  Idempotent with replace=True (the default): calling it again, e.g. with a
+  new vocabulary, re-registers the same names. Nothing is read until a task's
+  dataset is built. Returns the task names in `directions` order.
+
+  >>> register_translation_tasks(seqio.ByteVocabulary(), 'django',
+  ...                            'en-fr,fr-en', suffix='_bytes')
+  ['django_translate_en_fr_bytes', 'django_translate_fr_en_bytes']
+  """
+  names = []
+  for src, tgt in parse_directions(directions):
+    name = task_name(corpus, src, tgt, suffix)
+    register_task(name, sources.source(corpus, src, tgt, root=root,
+                                       spec=spec),
+                  vocabulary, tgt, replace=replace)
+    names.append(name)
+  return names
+
+
+def register_zero_shot_eval_tasks(
+    vocabulary: seqio.Vocabulary, languages: Iterable[str],
+    trained: Iterable[Direction], *, suffix: str = '',
+    root: str | None = None) -> list[str]:
+  """FLORES tasks (validation/test only) for every pair of `languages` that
+  the model was not trained on, e.g. de->fr after English-centric training.
+  """
+  return register_translation_tasks(
+      vocabulary, 'flores', zero_shot_directions(languages, trained),
+      suffix=suffix, root=root)
