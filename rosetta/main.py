@@ -32,8 +32,9 @@ def parse_args(argv):
       prog='rosetta', description=__doc__.split('\n\n')[0],
       formatter_class=argparse.RawDescriptionHelpFormatter,
       epilog=__doc__.split('\n\n', 1)[1])
-  parser.add_argument('command', choices=sorted(COMMANDS),
-                      help='what to run')
+  parser.add_argument('command', choices=sorted(COMMANDS) + ['translate'],
+                      help='what to run (`rosetta translate --help` for '
+                      'translation of a file or stdin)')
   parser.add_argument('--gin_file', action='append', default=[],
                       help='gin file (repeatable; later files win); paths '
                       'are relative to the cwd or to the repo gin/ folder')
@@ -58,7 +59,11 @@ def run_config_text() -> str:
 
 
 def cli(argv=None) -> int:
-  args = parse_args(sys.argv[1:] if argv is None else argv)
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if argv and argv[0] == 'translate':  # the NMT application's own flags
+    from translation import translate
+    return translate.main(argv[1:])
+  args = parse_args(argv)
   from rosetta import gin_utils
   gin_utils.parse(args.gin_file, args.gin_bindings, finalize=False)
   runs.distributed()

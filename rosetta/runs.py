@@ -49,6 +49,16 @@ def distributed(coordinator_address: str | None = None,
                                process_id=process_id)
 
 
+@gin.configurable
+def task_setup(register_fns=()):
+  """Runs task-registration functions named in gin before a run, e.g.
+  `task_setup.register_fns = [@nmt.register_nmt_tasks]` (no parentheses:
+  gin passes the configured function, called here). Tasks registered at
+  import time (an `import` line in the gin file) need nothing here."""
+  for fn in register_fns:
+    fn()
+
+
 def _log(msg: str):
   if jax.process_index() == 0:
     print(msg, flush=True)
@@ -138,6 +148,7 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
   with a different config is refused (with a diff) unless
   `allow_config_change` (then the old file is kept with a timestamp).
   """
+  task_setup()
   os.makedirs(model_dir, exist_ok=True)
   if config_text:  # every process compares, process 0 writes
     checkpoints.write_run_config(model_dir, config_text,
@@ -267,6 +278,7 @@ def evaluate(*, model_dir: str = gin.REQUIRED, tasks: list = gin.REQUIRED,
              step: int | None = None):
   """Runs each task's seqio metrics on a saved checkpoint; writes
   `model_dir/eval_<split>_<step>.json` atomically and returns the metrics."""
+  task_setup()
   tr, state, step = _restore_for_inference(model_dir, model, mesh, step)
   evaluators = [data.make_evaluator(
       t, split, task_feature_lengths=task_feature_lengths,
@@ -292,8 +304,8 @@ def infer(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
           step: int | None = None):
   """Decodes a task split with a saved checkpoint; writes JSONL (input,
   prediction, target per line, in dataset order) atomically."""
+  task_setup()
   import seqio
-  from rosetta import data
   tr, state, step = _restore_for_inference(model_dir, model, mesh, step)
   task_obj = seqio.get_mixture_or_task(task)
   evaluator = data.make_evaluator(task, split,

@@ -16,7 +16,8 @@ Worked example (what `tests/test_vocab.py` checks)::
     train_sentencepiece(sample, '/tmp/spm.model', vocab_size=500,
                         language_tokens=['de', 'en', 'ru', 'zh'])
     vocab = load_vocabulary('/tmp/spm.model', languages=['de'])
-    vocab.tokenizer.id_to_piece([0, 1, 2, 3])  # ['<pad>', '</s>', '<unk>', '<2de>']
+    vocab.tokenizer.id_to_piece([0, 1, 2, 3])
+    # ['<pad>', '</s>', '<unk>', '<2de>']
     language_token_id(vocab, 'de')              # 3
     vocab.decode(vocab.encode('今日は？'))        # '今日は？' (byte pieces)
 

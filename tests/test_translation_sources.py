@@ -134,7 +134,8 @@ def test_tatoeba_broken_inputs_name_file_and_line(tmp_path):
   root = write_tatoeba(tmp_path / 'a', ['Hi.', 'Bye.', 'Yes.'],
                        ['Hallo.', 'Tschüss.'])
   with pytest.raises(ValueError, match=r'not line-aligned: .*\.eng has 3 '
-                     r'lines but .*deu-eng/tatoeba-test-v2021-08-07\.deu has 2'):
+                     r'lines but .*deu-eng/tatoeba-test-v2021-08-07\.deu '
+                     r'has 2'):
     sources.tatoeba_splits('de', root)
   root = write_tatoeba(tmp_path / 'b', ['Hi.', 'Bye.', 'Yes.'], None,
                        raw_deu=b'Hallo.\nTsch\xfc\xdf.\nJa.\n')  # Latin-1

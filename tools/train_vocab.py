@@ -22,8 +22,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rosetta import vocab  # noqa: E402  pylint: disable=g-import-not-at-top
-from translation import sources  # noqa: E402  pylint: disable=g-import-not-at-top
+# pylint: disable=g-import-not-at-top
+from rosetta import vocab  # noqa: E402
+from translation import sources  # noqa: E402
 
 
 def main(argv=None) -> int:

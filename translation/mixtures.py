@@ -11,12 +11,12 @@ Worked example, n = (10000, 1000, 100):
     T=1: p = (0.901, 0.090, 0.009)
     T=5: p = (0.493, 0.311, 0.196)
 
-`register_temperature_mixture` registers a plain `seqio.Mixture` with rates
-n_i^(1/T). seqio fixes a Mixture's rates when it builds the dataset, so a
-temperature that changes during training needs its own sampler:
-`register_annealed_mixture` registers an `AnnealedMixture`, a seqio Mixture
-whose sampler is `tf.data.Dataset.choose_from_datasets` driven by a choice
-stream: the k-th mixed example comes from direction c_k, where
+`register_temperature_mixture` registers a `seqio.Mixture` (seqio's own
+sampler) with rates n_i^(1/T). seqio fixes a Mixture's rates when it builds
+the dataset, so a temperature that changes during training needs its own
+sampler: `register_annealed_mixture` registers an `AnnealedMixture`, a seqio
+Mixture whose sampler is `tf.data.Dataset.choose_from_datasets` driven by a
+choice stream: the k-th mixed example comes from direction c_k, where
 
     T(k) = T0 + (T1 - T0) * min(k / K, 1)       (linear, then constant)
     c_k  = first i with u_k < cumsum(p(T(k)))_i,  u_k ~ U[0, 1)
@@ -25,9 +25,10 @@ and u_k is a stateless random number of (seed, k) (drawn 1,024 at a time
 with seed (seed, k // 1024)). The stream is a pure function of (seed, k): the
 same on every run and every host, and a rebuilt dataset skipped by n
 batches continues exactly where the first left off, which is how
-`rosetta.data.InputPipeline` resumes. k counts mixed EXAMPLES (before
-packing); for a schedule in steps, K = steps x batch size x examples per
-packed row (measure the last on a few batches).
+`rosetta.data.InputPipeline` resumes. k counts mixed EXAMPLES on one host
+(before packing); for a schedule in steps, K = steps x per-host batch size x
+examples per packed row (measure the last on a few batches). Index i is the
+position of the task in `mixture.tasks`, which seqio sorts by name.
 
 Both mixtures give each sub-task its own shuffle seed (the seed folded with
 the task name): seqio passes one seed to every sub-task, so two directions
@@ -51,7 +52,7 @@ CHOICE_BLOCK = 1024   # u_k drawn in blocks; part of the stream's definition
 
 def temperature_rates(counts: Sequence[float] | Mapping[str, float],
                       temperature: float):
-  """Normalised n_i^(1/T) (a dict for a dict), e.g. ([4, 1], 2) -> [2/3, 1/3]."""
+  """Normalised n_i^(1/T) (a dict for a dict): ([4, 1], 2) -> [2/3, 1/3]."""
   if temperature <= 0:
     raise ValueError(f'temperature must be > 0, got {temperature}')
   keys = list(counts) if isinstance(counts, Mapping) else None

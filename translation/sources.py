@@ -308,9 +308,10 @@ def flores_languages(root: str | None = None) -> list[str]:
 def _flores_lines(path: str) -> list[str]:
   if not os.path.exists(path):
     raise FileNotFoundError(f'flores: no file {path}')
-  raw = data._read_lines(path)  # pylint: disable=protected-access
-  return [data._decode(path, i + 1, l).strip()  # pylint: disable=protected-access
-          for i, l in enumerate(raw)]
+  # rosetta.data's line reader: splits on b'\n' only; errors name file:line.
+  # pylint: disable=protected-access
+  raw = data._read_lines(path)
+  return [data._decode(path, i + 1, l).strip() for i, l in enumerate(raw)]
 
 
 def flores_validation_lines(root: str | None = None,

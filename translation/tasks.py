@@ -27,12 +27,10 @@ first. With a SentencePiece vocabulary it is ONE reserved piece (see
 With `seqio.ByteVocabulary()` the tag is plain text ('<2de> ' + source:
 six byte tokens). `encode_source` builds the same ids for inference.
 
-Metrics per task: sacreBLEU BLEU and chrF on detokenized text. BLEU's
-tokenizer follows the target language: 'zh' for Chinese; 'char' for
-Japanese and Thai (no spaces; sacreBLEU's 'ja-mecab' needs the optional
-mecab packages, not installed here, and a metric that changed with the
-installed packages would not be comparable across machines); '13a'
-otherwise, Korean included ('ko-mecab' is also optional).
+Metrics per task: `translation.metrics.metric_fn_for(tgt)` (one table of
+BLEU tokenizers for the tasks and the evaluation table: sacreBLEU BLEU with
+'zh' / 'ja-mecab' / 'ko-mecab' / '13a' by target language, chrF, and the
+fastText off-target rate), on detokenized text against the raw references.
 """
 
 from __future__ import annotations
@@ -40,17 +38,15 @@ from __future__ import annotations
 import functools
 from typing import Iterable, Sequence
 
-import sacrebleu
 import seqio
 import tensorflow as tf
 
 from rosetta import data
 from rosetta import vocab as vocab_lib
+from translation import metrics
 from translation import sources
 
 Direction = tuple[str, str]
-
-BLEU_TOKENIZERS = {'zh': 'zh', 'ja': 'char', 'th': 'char'}
 
 
 def task_name(corpus: str, src: str, tgt: str, suffix: str = '') -> str:
@@ -99,22 +95,10 @@ def zero_shot_directions(languages: Iterable[str],
   return [(a, b) for a in codes for b in codes if a != b and (a, b) not in seen]
 
 
-def bleu_tokenizer(tgt: str) -> str:
-  return BLEU_TOKENIZERS.get(sources.language(tgt).code, '13a')
-
-
 def metric_fns(tgt: str) -> list:
-  """[fn(targets, predictions) -> {'bleu', 'chrf'}] for target language."""
-  tokenize = bleu_tokenizer(tgt)
-
-  def bleu_chrf(targets, predictions):
-    refs = [list(targets)]
-    preds = list(predictions)
-    return {
-        'bleu': sacrebleu.corpus_bleu(preds, refs, tokenize=tokenize).score,
-        'chrf': sacrebleu.corpus_chrf(preds, refs).score}
-  bleu_chrf.__name__ = f'bleu_{tokenize}_chrf'
-  return [bleu_chrf]
+  """seqio metric fns for a target language: [fn(targets, predictions) ->
+  {'bleu', 'chrf', 'off_target'}] from `translation.metrics`."""
+  return [metrics.metric_fn_for(sources.language(tgt).code)]
 
 
 def prepend_token(dataset: tf.data.Dataset, token_id: int,

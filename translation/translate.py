@@ -1,0 +1,166 @@
+"""`rosetta translate`: translate a file or stdin with a trained run.
+
+    rosetta translate --checkpoint runs/nmt --target_lang fr < in.txt > out.txt
+    rosetta translate --checkpoint runs/nmt --target_lang de \\
+        --input in.txt --output out.txt --beam_size 4 --alpha 0.6 --beta 0.2
+
+The run directory's `config.gin` (written by `rosetta train`) rebuilds the
+model and names its task, whose vocabulary encodes the input; the newest
+checkpoint's parameters are restored onto all devices. Each line gets the
+target-language token (`<2fr>`) exactly as in training. Lines are batched
+by length for speed; the output keeps the input order, one line per line
+(an empty input line gives an empty output line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+import numpy as np
+
+
+def parse_args(argv):
+  p = argparse.ArgumentParser(
+      prog='rosetta translate', description=__doc__.split('\n\n')[0],
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+      epilog=__doc__.split('\n\n', 1)[1])
+  p.add_argument('--checkpoint', required=True,
+                 help='run directory of `rosetta train` (holds config.gin '
+                 'and checkpoints/)')
+  p.add_argument('--target_lang', required=True,
+                 help="target language code, e.g. 'fr'")
+  p.add_argument('--input', default='-', help="input file, '-' = stdin")
+  p.add_argument('--output', default='-', help="output file, '-' = stdout "
+                 '(a file is written atomically)')
+  p.add_argument('--batch_size', type=int, default=32)
+  p.add_argument('--beam_size', type=int, default=4,
+                 help='1 = greedy decoding')
+  p.add_argument('--alpha', type=float, default=0.6,
+                 help='length penalty exponent')
+  p.add_argument('--beta', type=float, default=0.0,
+                 help='GNMT coverage penalty weight')
+  p.add_argument('--length_penalty', choices=('gnmt', 'hf'), default='gnmt')
+  p.add_argument('--max_length', type=int, default=128,
+                 help='maximum output tokens')
+  p.add_argument('--max_input_length', type=int, default=256,
+                 help='longer inputs are truncated (counted on stderr)')
+  p.add_argument('--step', type=int, default=None,
+                 help='checkpoint step (default: newest good one)')
+  p.add_argument('--no_progress', action='store_true')
+  return p.parse_args(argv)
+
+
+def _bucket(n: int, size: int = 16) -> int:
+  """Pad lengths to multiples of 16 so a few shapes are compiled, not one
+  per batch."""
+  return max(size, -(-n // size) * size)
+
+
+class Translator:
+  """A restored run, ready to translate lists of sentences."""
+
+  def __init__(self, run_dir: str, step: int | None = None):
+    import gin
+    import jax  # noqa: F401
+    import seqio
+    from rosetta import gin_utils, models, runs
+    path = os.path.join(run_dir, 'config.gin')
+    if not os.path.exists(path):
+      raise FileNotFoundError(f'{path}: not a run directory of `rosetta '
+                              'train` (no config.gin)')
+    gin_utils.parse([path], finalize=False)
+    runs.task_setup()
+    task = gin.query_parameter('train.task')
+    self.vocabulary = (seqio.get_mixture_or_task(task)
+                       .output_features['inputs'].vocabulary)
+    self.wrapper = models.EncoderDecoderModel()
+    self.trainer, state, self.step = runs._restore_for_inference(  # noqa
+        run_dir, self.wrapper, None, step)
+    self.network = self.trainer.network(state['params'])
+    self.pad_id = self.wrapper.config.pad_token_id
+    self.eos_id = self.wrapper.config.eos_token_id
+
+  def encode(self, text: str, target_lang: str, max_len: int) -> list[int]:
+    from translation import tasks
+    ids = tasks.encode_source(self.vocabulary, text, target_lang)
+    return ids[:max_len - 1] + [self.eos_id]
+
+  def translate(self, lines: Sequence[str], target_lang: str, *,
+                batch_size: int = 32, beam_size: int = 4, alpha: float = 0.6,
+                beta: float = 0.0, length_penalty: str = 'gnmt',
+                max_length: int = 128, max_input_length: int = 256,
+                progress: bool = False) -> list[str]:
+    import jax
+    from tqdm import tqdm
+    part = self.trainer.partitioner
+    dp = int(np.prod([dict(part.mesh.shape)[a] for a in ('data', 'fsdp')]))
+    batch_size = -(-batch_size // dp) * dp  # a multiple of the data axes
+    encoded = [self.encode(t, target_lang, max_input_length) if t.strip()
+               else None for t in lines]
+    truncated = sum(1 for t in lines if t.strip() and len(
+        self.encode(t, target_lang, 10**9)) > max_input_length)
+    if truncated:
+      print(f'{truncated} input line(s) longer than {max_input_length} '
+            'tokens were truncated', file=sys.stderr)
+    order = sorted((i for i, e in enumerate(encoded) if e is not None),
+                   key=lambda i: len(encoded[i]))
+    out = [''] * len(lines)
+    batches = [order[i:i + batch_size]
+               for i in range(0, len(order), batch_size)]
+    sharding = self.trainer.batch_sharding()
+    for idx in tqdm(batches, disable=not progress, unit='batch',
+                    file=sys.stderr):
+      width = _bucket(max(len(encoded[i]) for i in idx))
+      x = np.full((batch_size, width), self.pad_id, np.int32)
+      for row, i in enumerate(idx):
+        x[row, :len(encoded[i])] = encoded[i]
+      with part.activate():
+        tokens = self.wrapper.predict_batch(
+            self.network, {'encoder_input_tokens': jax.device_put(x,
+                                                                  sharding)},
+            num_beams=beam_size, alpha=alpha, beta=beta,
+            length_penalty=length_penalty, max_decode_length=max_length)
+      tokens = np.asarray(jax.device_get(tokens))
+      for row, i in enumerate(idx):
+        ids = tokens[row].tolist()
+        if self.eos_id in ids:
+          ids = ids[:ids.index(self.eos_id)]
+        out[i] = self.vocabulary.decode([t for t in ids if t != self.pad_id])
+    return out
+
+
+def main(argv=None) -> int:
+  args = parse_args(sys.argv[1:] if argv is None else argv)
+  if args.input == '-':
+    lines = sys.stdin.read().split('\n')
+    if lines and lines[-1] == '':
+      lines.pop()
+  else:
+    with open(args.input, encoding='utf-8') as f:
+      lines = f.read().split('\n')
+    if lines and lines[-1] == '':
+      lines.pop()
+  translator = Translator(args.checkpoint, args.step)
+  outputs = translator.translate(
+      lines, args.target_lang, batch_size=args.batch_size,
+      beam_size=args.beam_size, alpha=args.alpha, beta=args.beta,
+      length_penalty=args.length_penalty, max_length=args.max_length,
+      max_input_length=args.max_input_length,
+      progress=not args.no_progress)
+  text = ''.join(o.replace('\n', ' ') + '\n' for o in outputs)
+  if args.output == '-':
+    sys.stdout.write(text)
+    sys.stdout.flush()
+  else:
+    tmp = f'{args.output}.tmp-{os.getpid()}'
+    with open(tmp, 'w', encoding='utf-8') as f:
+      f.write(text)
+    os.replace(tmp, args.output)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
