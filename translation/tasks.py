@@ -21,8 +21,8 @@ first. With a SentencePiece vocabulary it is ONE reserved piece (see
               .get_dataset(None, 'validation', shuffle=False)
               .as_numpy_iterator())
     ex['inputs']               # [language_token_id(vocab, 'de'), ..., 1(EOS)]
-    ex['inputs_pretokenized']  # b'<2de> Tom is ...'
-    ex['targets_pretokenized'] # b'Tom ist ...'
+    ex['inputs_pretokenized']  # b'<2de> When I came home, I felt very hungry.'
+    ex['targets_pretokenized'] # b'Als ich nach Hause kam, hatte ich gro...'
 
 With `seqio.ByteVocabulary()` the tag is plain text ('<2de> ' + source:
 six byte tokens). `encode_source` builds the same ids for inference.
