@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 # Before JAX starts: multi-host runs on CPU need gloo collectives.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
@@ -136,14 +137,18 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
           eval_num_examples: int | None = None,
           eval_loss_batches: int = 2, peak_flops: float | None = None,
           init_from_hf: str | None = None, stop_after_steps: int | None = None,
-          allow_config_change: bool = False, config_text: str = ''):
+          allow_config_change: bool = False,
+          time_budget_s: float | None = None, config_text: str = ''):
   """Trains `model` on a seqio task or mixture until `total_steps`.
 
   Resumes from the newest good checkpoint in `model_dir` (parameters,
   optimizer, step and the input pipeline's position), so a killed or
   preempted run continues exactly where it stopped. Per-step metrics go to
   `model_dir/train_metrics.jsonl` and TensorBoard (`model_dir/tb`).
-  `stop_after_steps` ends this invocation early (for staged runs).
+  `stop_after_steps` ends this invocation early (for staged runs);
+  `time_budget_s` ends it after that many seconds of this invocation
+  (checked at log steps; all processes follow process 0's clock), with a
+  checkpoint, so the same command continues later.
   The resolved gin config is written to `model_dir/config.gin`; resuming
   with a different config is refused (with a diff) unless
   `allow_config_change` (then the old file is kept with a timestamp).
@@ -213,6 +218,17 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
       total_steps, start_step + stop_after_steps)
   tokens_since = 0.0
   pending = []
+  started = time.time()
+
+  def out_of_time() -> bool:
+    if time_budget_s is None:
+      return False
+    over = np.array(time.time() - started > time_budget_s)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      over = multihost_utils.broadcast_one_to_all(over)
+    return bool(over)
+
   with checkpoints.PreemptionGuard() as guard:
     while step < end:
       batch = next(pipeline)
@@ -226,6 +242,9 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
           _append_jsonl(metrics_path, {'step': s, **host})
         logger.train_report(step, host, tokens_since)
         tokens_since, pending = 0.0, []
+        if out_of_time():
+          _log(f'time budget of {time_budget_s:.0f}s reached at step {step}')
+          end = step
       ckpt.save(step, state, pipeline.state())
       if eval_period and step % eval_period == 0:
         logger.eval_report(step, 'validation', eval_loss(state))

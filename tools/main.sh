@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup_env.sh
 export ROSETTA_DATA_DIR=${ROSETTA_DATA_DIR:-$(cd .. && pwd)/shared/data}
-exec .venv/bin/python -m rosetta.demo "$@"
+exec .venv/bin/python -m translation.main_job "$@"
