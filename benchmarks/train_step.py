@@ -28,9 +28,13 @@ tokens = batch * target length. An analytic count of the real matmul FLOPs
     python benchmarks/train_step.py --quick      # tiny model, sanity check
     python benchmarks/train_step.py              # the 'small' comparison
     python benchmarks/train_step.py --steps 10 --warmup 3 --batch 8
+    python benchmarks/train_step.py --systems hf f32 --order sequential
 
 It measures, it does not assert; the numbers depend on the machine and on
-whatever else runs on it (the 1-minute load average is printed).
+whatever else runs on it. On a shared machine, `--wait-for-load 1.5` waits
+for a quieter moment; the 'cores busy' column (process CPU seconds / wall
+seconds per step) and the load average show how much of the machine the run
+really had.
 """
 
 from __future__ import annotations

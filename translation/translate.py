@@ -150,13 +150,15 @@ def main(argv=None) -> int:
       length_penalty=args.length_penalty, max_length=args.max_length,
       max_input_length=args.max_input_length,
       progress=not args.no_progress)
-  text = ''.join(o.replace('\n', ' ') + '\n' for o in outputs)
+  # One line per input line: any line break a model emits (\r, U+2028, ...
+  # byte-fallback pieces can decode to them) becomes a space.
+  text = ''.join(' '.join(o.splitlines()) + '\n' for o in outputs)
   if args.output == '-':
     sys.stdout.write(text)
     sys.stdout.flush()
   else:
     tmp = f'{args.output}.tmp-{os.getpid()}'
-    with open(tmp, 'w', encoding='utf-8') as f:
+    with open(tmp, 'w', encoding='utf-8', newline='') as f:
       f.write(text)
     os.replace(tmp, args.output)
   return 0
