@@ -163,7 +163,7 @@ def test_learns_real_data_with_eval_metrics(tmp_path):
   first = np.mean([got[s] for s in range(1, 21)])
   last = np.mean([got[s] for s in range(101, 121)])
   assert last < 0.6 * first, (first, last)
-  assert '[eval/multi30k_en_de_bytes @ step 120]' in out
+  assert '[eval/multi30k_translate_en_de_bytes @ step 120]' in out
   assert 'chrf' in out and '[validation @ step 120]' in out
   tb = os.path.join(d, 'tb')
   assert os.listdir(os.path.join(tb, 'train'))
@@ -213,18 +213,18 @@ def test_evaluate_and_infer_on_saved_checkpoint(straight, tmp_path):
   p = subprocess.run(
       [PY, '-m', 'rosetta.main', 'evaluate', *common, *imports,
        f"--gin.evaluate.model_dir='{straight}'",
-       "--gin.evaluate.tasks=['django_en_fr_bytes']",
+       "--gin.evaluate.tasks=['django_translate_en_fr_bytes']",
        '--gin.evaluate.num_examples=16', '--gin.evaluate.batch_size=8'],
       env=env(), cwd=REPO, capture_output=True, text=True, timeout=600)
   assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
   result = json.load(open(os.path.join(straight, 'eval_validation_24.json')))
-  metrics = result['metrics']['django_en_fr_bytes']
+  metrics = result['metrics']['django_translate_en_fr_bytes']
   assert set(metrics) >= {'bleu', 'chrf'}
   out_path = str(tmp_path / 'predictions.jsonl')
   p = subprocess.run(
       [PY, '-m', 'rosetta.main', 'infer', *common, *imports,
        f"--gin.infer.model_dir='{straight}'",
-       "--gin.infer.task='django_en_fr_bytes'",
+       "--gin.infer.task='django_translate_en_fr_bytes'",
        f"--gin.infer.output_path='{out_path}'",
        '--gin.infer.num_examples=10', '--gin.infer.batch_size=8'],
       env=env(), cwd=REPO, capture_output=True, text=True, timeout=600)
