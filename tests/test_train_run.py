@@ -80,13 +80,23 @@ def assert_trees_equal(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+def committed_steps(model_dir):
+  ckpt = os.path.join(model_dir, 'checkpoints')
+  if not os.path.isdir(ckpt):
+    return []
+  return [int(n) for n in os.listdir(ckpt) if n.isdigit()]
+
+
 def wait_for_step(model_dir, proc, step, timeout=300):
+  """Until `step` is logged and an (async) checkpoint has committed, so
+  the kill lands mid-run with something to resume from."""
   path = os.path.join(model_dir, 'train_metrics.jsonl')
   start = time.time()
   while time.time() - start < timeout:
     if proc.poll() is not None:
       raise AssertionError('training ended before it could be killed')
-    if os.path.exists(path) and max(losses(model_dir) or {0: 0}) >= step:
+    if (os.path.exists(path) and max(losses(model_dir) or {0: 0}) >= step
+        and committed_steps(model_dir)):
       return
     time.sleep(0.05)
   raise AssertionError(f'step {step} not reached in {timeout}s')
@@ -95,7 +105,7 @@ def wait_for_step(model_dir, proc, step, timeout=300):
 @pytest.fixture(scope='module')
 def straight(tmp_path_factory):
   d = str(tmp_path_factory.mktemp('straight'))
-  run(d, '--gin.train.total_steps=24', '--gin.train.checkpoint_period=4')
+  run(d, '--gin.train.total_steps=40', '--gin.train.checkpoint_period=4')
   return d
 
 
@@ -103,12 +113,12 @@ def straight(tmp_path_factory):
 @pytest.mark.parametrize('sig', [signal.SIGKILL, signal.SIGTERM])
 def test_exact_resume_after_kill(straight, tmp_path, sig):
   d = str(tmp_path)
-  args = ('--gin.train.total_steps=24', '--gin.train.checkpoint_period=4',
+  args = ('--gin.train.total_steps=40', '--gin.train.checkpoint_period=4',
           '--gin.train.async_checkpoint=True')
   proc = subprocess.Popen(cmd(d, *args), env=env(), cwd=REPO,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True)
-  kill_at = random.Random(int(time.time())).randint(6, 17)
+  kill_at = random.Random(int(time.time())).randint(6, 24)
   wait_for_step(d, proc, kill_at)
   proc.send_signal(sig)
   out, _ = proc.communicate(timeout=120)
@@ -120,12 +130,12 @@ def test_exact_resume_after_kill(straight, tmp_path, sig):
   out = run(d, *args)
   assert 'resumed from step' in out
   want, got = losses(straight), losses(d)
-  assert sorted(got) == sorted(want) == list(range(1, 25))
+  assert sorted(got) == sorted(want) == list(range(1, 41))
   for step in want:  # bit-exact, steps before and after the kill
     assert got[step] == want[step], (step, got[step], want[step])
   s1, p1 = final_params(straight)
   s2, p2 = final_params(d)
-  assert s1 == s2 == 24
+  assert s1 == s2 == 40
   assert_trees_equal(p1, p2)
 
 
@@ -217,7 +227,7 @@ def test_evaluate_and_infer_on_saved_checkpoint(straight, tmp_path):
        '--gin.evaluate.num_examples=16', '--gin.evaluate.batch_size=8'],
       env=env(), cwd=REPO, capture_output=True, text=True, timeout=600)
   assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
-  result = json.load(open(os.path.join(straight, 'eval_validation_24.json')))
+  result = json.load(open(os.path.join(straight, 'eval_validation_40.json')))
   metrics = result['metrics']['django_translate_en_fr_bytes']
   assert set(metrics) >= {'bleu', 'chrf'}
   out_path = str(tmp_path / 'predictions.jsonl')
