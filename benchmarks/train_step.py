@@ -32,10 +32,13 @@ tokens = batch * target length. An analytic count of the real matmul FLOPs
     python benchmarks/train_step.py --systems hf f32 --order sequential
 
 It measures, it does not assert; the numbers depend on the machine and on
-whatever else runs on it. On a shared machine, `--wait-for-load 1.5` waits
-for a quieter moment; the 'cores busy' column (process CPU seconds / wall
-seconds per step) and the load average show how much of the machine the run
-really had.
+whatever else runs on it. Only a quiet machine gives a fair ratio: under
+load, torch's two OpenMP threads spin at every barrier while one of them is
+descheduled, so HF slows down far more than XLA (seen here: HF 3.2 s/step
+quiet, 14-17 s under a load average of 3-4; Rosetta 5.6 s and 9-10 s).
+Interleaving does not cancel that. `--wait-for-load 0.6` waits for a quiet
+moment; the 'cores busy' figure (process CPU seconds / wall seconds per
+step, 2 = both cores) and the load average show what the run really had.
 """
 
 from __future__ import annotations

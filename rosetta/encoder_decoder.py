@@ -218,9 +218,7 @@ class Decoder(nnx.Module):
       # T5 v1.0 rescales before reusing the input embedding (as HF does).
       logits = shared_embedding.attend(x * self.cfg.emb_dim ** -0.5)
     else:
-      logits = jnp.einsum('ble,ev->blv', x,
-                          self.logits_dense[...].astype(x.dtype),
-                          preferred_element_type=jnp.float32)
+      logits = layers.dense(x, self.logits_dense[...], x.dtype)
     if decode:
       self.cache_index[...] = cache_index + embedded.shape[1]
     # Cross-attention of the last layer, averaged over heads: (b, q, k); the
