@@ -86,13 +86,10 @@ process and writes on process 0 only.
 
 from __future__ import annotations
 
-import datetime
-import difflib
 import json
 import logging
 import os
 import signal
-import tempfile
 import threading
 import warnings
 from typing import Any, Iterable, Sequence
@@ -103,6 +100,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
+
+# The run config lives in its own module; re-exported for callers.
+from rosetta.run_config import _utc_stamp, write_run_config  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -124,11 +124,6 @@ class CheckpointRestoreError(RuntimeError):
 
 class CheckpointFallbackWarning(UserWarning):
   """The newest checkpoint was unreadable; an older one was restored."""
-
-
-def _utc_stamp() -> str:
-  return datetime.datetime.now(datetime.timezone.utc).strftime(
-      '%Y%m%dT%H%M%S.%fZ')
 
 
 def _short(e: BaseException, limit: int = 400) -> str:
@@ -576,72 +571,3 @@ class PreemptionGuard:
       logger.warning('preemption requested (%s); stopping at step %d',
                      self.signal_name or 'signal on another process', step)
     return stop
-
-
-# ---------------------------------------------------------- run config ---
-
-
-def _atomic_write_text(path: epath.Path, text: str) -> None:
-  """Writes `text` to `path` so that a reader sees old or new, never half."""
-  if '://' in os.fspath(path):  # gs://...: an object write is atomic
-    path.write_text(text)
-    return
-  fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp',
-                             dir=os.fspath(path.parent))
-  try:
-    with os.fdopen(fd, 'w', encoding='utf-8') as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, os.fspath(path))
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
-def write_run_config(directory: str | os.PathLike, text: str,
-                     filename: str = 'config.gin', *,
-                     allow_change: bool = False) -> epath.Path:
-  """Writes the resolved gin config beside the checkpoints, atomically.
-
-  * No file yet: writes it (temp file + `os.replace`).
-  * Same content: no-op.
-  * Different content: raises `FileExistsError` naming the existing file and
-    `<filename>.new`, where the new text is written for `diff`; with
-    `allow_change=True` the old file is kept as `<filename>.<UTC time>`, the
-    new one takes its place, and a warning is logged.
-
-  Every process compares; only process 0 writes. Returns the config's path.
-  """
-  directory = epath.Path(directory)
-  path = directory / filename
-  old = path.read_text() if path.exists() else None
-  if jax.process_count() > 1:  # everybody has read before anybody writes
-    multihost_utils.sync_global_devices('rosetta.checkpoints.config_read')
-  writer = jax.process_index() == 0
-  if old == text:
-    return path
-  if old is not None and not allow_change:
-    new_path = directory / f'{filename}.new'
-    if writer:
-      _atomic_write_text(new_path, text)
-    diff = ''.join(list(difflib.unified_diff(
-        old.splitlines(True), text.splitlines(True), str(path),
-        str(new_path)))[:40])
-    raise FileExistsError(
-        f'{path} already holds a different run config; the new one is in '
-        f'{new_path}. Resuming a run with a changed config must be explicit: '
-        f'pass allow_change=True (the old file is kept with a timestamp) or '
-        f'use a new directory.\n{diff}')
-  if writer:
-    directory.mkdir(parents=True, exist_ok=True)
-    if old is not None:  # copy, not rename: `path` never goes missing
-      backup = directory / f'{filename}.{_utc_stamp()}'
-      _atomic_write_text(backup, old)
-      logger.warning('run config %s changed; the old one is kept as %s',
-                     path, backup)
-    _atomic_write_text(path, text)
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices('rosetta.checkpoints.config_written')
-  return path

@@ -79,7 +79,7 @@ try:  # tf.data only; keep TensorFlow off the accelerators JAX uses.
 except RuntimeError:  # TF devices already initialised by someone else.
   pass
 
-BATCH_AXES = ('activation_batch', 'activation_length')
+BATCH_AXES = partitioning.BATCH_AXES
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -503,113 +503,6 @@ class InputPipeline:
             for k, v in local.items()}
 
 
-# --------------------------------------------------------- evaluation ---
-
-
-def make_evaluator(mixture_or_task_name: str, split: str, *,
-                   feature_converter: seqio.FeatureConverter | None = None,
-                   task_feature_lengths: Mapping[str, int] | None = None,
-                   num_examples: int | None = None, use_cached: bool = False,
-                   logger_cls: Sequence[type] = (), log_dir: str | None = None,
-                   async_compute_metrics: bool = True) -> seqio.Evaluator:
-  """A `seqio.Evaluator` over the whole split: unshuffled, unpacked, finite.
-
-  `task_feature_lengths=None` lets seqio measure the longest example (no
-  truncation, so references are complete). The trainer then calls::
-
-      metrics, outputs = evaluator.evaluate(
-          compute_metrics=True, step=step,
-          predict_fn=make_predict_fn(predict_batch, global_batch_size=B,
-                                     partitioner=p),
-          score_fn=make_score_fn(score_batch, global_batch_size=B,
-                                 partitioner=p))
-      metrics.result()   # {task_name: {metric: value}}
-
-  seqio calls `predict_fn(dataset)` and `score_fn(dataset)` with ONE
-  argument (the `model_feature_shapes` in seqio's Protocol is never passed),
-  `dataset` being a finite tf.data.Dataset of `(index, features)` with
-  features padded to fixed lengths. `predict_fn` returns
-  `[(index, token_ids), ...]` (token_ids: equal-length int sequences; seqio
-  stacks them with np.array and decodes up to EOS), `score_fn` returns
-  `[(index, float), ...]`. Order does not matter; indices do.
-  """
-  converter = feature_converter or seqio.EncDecFeatureConverter(pack=False)
-  if converter.pack:
-    raise ValueError('make_evaluator: feature_converter packs; evaluation '
-                     'needs one example per row (pack=False)')
-  return seqio.Evaluator(
-      mixture_or_task_name, feature_converter=converter, eval_split=split,
-      use_cached=use_cached, sequence_length=task_feature_lengths,
-      num_examples=num_examples, shuffle=False, logger_cls=logger_cls,
-      log_dir=log_dir, async_compute_metrics=async_compute_metrics)
-
-
-@dataclasses.dataclass
-class EvalBatch:
-  indices: np.ndarray              # (B,) example index; -1 for padding rows
-  mask: np.ndarray                 # (B,) bool, False for padding rows
-  features: dict[str, jax.Array]   # global, sharded like training batches
-
-
-def eval_batches(dataset: tf.data.Dataset, global_batch_size: int,
-                 partitioner: partitioning.Partitioner | jax.sharding.Mesh,
-                 batch_logical_axes: partitioning.LogicalAxes = BATCH_AXES
-                 ) -> Iterator[EvalBatch]:
-  """Fixed-size global batches over an enumerated, finite eval dataset.
-
-  The final batch is padded with all-zero rows (mask False, index -1), so
-  one compiled step serves every batch. Every host reads the whole (small)
-  eval set and places only the rows its devices hold.
-  """
-  partitioner = _as_partitioner(partitioner)
-  for idx, feats in deterministic(dataset.batch(global_batch_size)
-                                  ).as_numpy_iterator():
-    n = len(idx)
-    pad = global_batch_size - n
-    indices = np.concatenate([idx, np.full(pad, -1, idx.dtype)])
-    out = {}
-    for k, v in feats.items():
-      v = np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
-      sharding = partitioner.sharding(batch_logical_axes[:v.ndim], v.shape)
-      out[k] = jax.make_array_from_callback(v.shape, sharding,
-                                            lambda i, v=v: v[i])
-    yield EvalBatch(indices, np.arange(global_batch_size) < n, out)
-
-
-def _to_host(x) -> np.ndarray:
-  if isinstance(x, jax.Array) and not x.is_fully_addressable:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-  return np.asarray(x)
-
-
-def make_predict_fn(predict_batch: Callable[[dict[str, jax.Array]], Any], *,
-                    global_batch_size: int,
-                    partitioner: partitioning.Partitioner | jax.sharding.Mesh
-                    ) -> Callable[[tf.data.Dataset], list]:
-  """seqio `predict_fn` from `predict_batch(features) -> (B, L) int tokens`."""
-  def predict_fn(dataset, model_feature_shapes=None):
-    del model_feature_shapes
-    out = []
-    for b in eval_batches(dataset, global_batch_size, partitioner):
-      tokens = _to_host(predict_batch(b.features))
-      out += [(int(i), t.tolist())
-              for i, m, t in zip(b.indices, b.mask, tokens) if m]
-    return out
-  return predict_fn
-
-
-def make_score_fn(score_batch: Callable[[dict[str, jax.Array]], Any], *,
-                  global_batch_size: int,
-                  partitioner: partitioning.Partitioner | jax.sharding.Mesh
-                  ) -> Callable[[tf.data.Dataset], list]:
-  """seqio `score_fn` from `score_batch(features) -> (B,) float scores`."""
-  def score_fn(dataset, model_feature_shapes=None):
-    del model_feature_shapes
-    out = []
-    for b in eval_batches(dataset, global_batch_size, partitioner):
-      scores = _to_host(score_batch(b.features))
-      out += [(int(i), float(s))
-              for i, m, s in zip(b.indices, b.mask, scores) if m]
-    return out
-  return score_fn
+# Evaluation input lives in its own module; re-exported for callers.
+from rosetta.eval_input import (  # noqa: E402,F401
+    EvalBatch, eval_batches, make_evaluator, make_predict_fn, make_score_fn)

@@ -66,6 +66,10 @@ DEFAULT_RULES: Rules = (
 )
 
 
+# The logical axes of every input batch (batch over the data axes).
+BATCH_AXES: LogicalAxes = ('activation_batch', 'activation_length')
+
+
 def extend_rules(base: Rules, extra: Sequence[tuple[str, MeshAxis]]) -> Rules:
   """Returns `base` plus `extra`; a name already in `base` is an error.
 

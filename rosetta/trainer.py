@@ -27,9 +27,10 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from rosetta import partitioning
 from rosetta.partitioning import Partitioner
 
-BATCH_AXES = ('activation_batch', 'activation_length')
+BATCH_AXES = partitioning.BATCH_AXES
 METRIC_KEYS = ('loss_sum', 'z_loss_sum', 'correct', 'num_tokens')
 
 
