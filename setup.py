@@ -35,10 +35,19 @@ CORE = [
     # Django's .po files are the embedded multilingual corpus of a fresh
     # machine (translation/django_po.py); Django itself is never run.
     'Django==5.2.19',
+    # Retrieval: trec_eval's measures (MRR/Recall/nDCG), the BM25 baseline,
+    # and faiss export for users who want approximate search.
+    'pytrec-eval-terrier==0.5.11',
+    'bm25s==0.3.16',
+    'faiss-cpu==1.15.1',
+    # Plots (tools/plots.py, notebooks).
+    'matplotlib==3.11.2',
 ]
 
 EXTRAS = {
-    'test': ['pytest==9.2.0', 'pytest-xdist==3.8.0'],
+    # nbclient/ipykernel execute the notebooks headless in tests.
+    'test': ['pytest==9.2.0', 'pytest-xdist==3.8.0', 'nbclient==0.11.0',
+             'nbformat==5.11.1', 'ipykernel==7.4.0'],
     # Outside implementations that tests and benchmarks compare against.
     # torch 2.13.0 is the CPU build; a bare `torch` would pull a CUDA build.
     'peers': ['torch==2.13.0', 'transformers==5.24.0'],
