@@ -32,9 +32,11 @@ def parse_args(argv):
       prog='rosetta', description=__doc__.split('\n\n')[0],
       formatter_class=argparse.RawDescriptionHelpFormatter,
       epilog=__doc__.split('\n\n', 1)[1])
-  parser.add_argument('command', choices=sorted(COMMANDS) + ['translate'],
+  parser.add_argument('command',
+                      choices=sorted(COMMANDS) + ['plot', 'translate'],
                       help='what to run (`rosetta translate --help` for '
-                      'translation of a file or stdin)')
+                      'translation of a file or stdin, `rosetta plot --help` '
+                      'for PNG figures of a run)')
   parser.add_argument('--gin_file', action='append', default=[],
                       help='gin file (repeatable; later files win); paths '
                       'are relative to the cwd or to the repo gin/ folder')
@@ -58,11 +60,29 @@ def run_config_text() -> str:
                    if not line.startswith('distributed.process_id')) + '\n'
 
 
+def _plots_module():
+  """tools/plots.py of this checkout, by path: `tools` is not an installed
+  package, and the console script may run from any directory."""
+  import importlib.util
+  path = os.path.join(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))), 'tools', 'plots.py')
+  if not os.path.exists(path):
+    raise SystemExit(f'rosetta plot: {path} is missing (plots need the '
+                     'source checkout)')
+  spec = importlib.util.spec_from_file_location('rosetta_tools_plots', path)
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module  # dataclasses look their module up
+  spec.loader.exec_module(module)
+  return module
+
+
 def cli(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
   if argv and argv[0] == 'translate':  # the NMT application's own flags
     from translation import translate
     return translate.main(argv[1:])
+  if argv and argv[0] == 'plot':  # figures from a run's logs and tables
+    return _plots_module().main(argv[1:])
   args = parse_args(argv)
   from rosetta import gin_utils
   gin_utils.parse(args.gin_file, args.gin_bindings, finalize=False)
