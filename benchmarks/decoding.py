@@ -1,7 +1,9 @@
 """Decoding speed: Rosetta (`rosetta.decoding`) vs HF transformers `generate`.
 
 Both decode with the same weights (a random HF T5.1.1 checkpoint, imported
-into Rosetta), float32 on CPU, from the same random source batch. Every
+into Rosetta), on CPU, from the same random source batch, in float32 and in
+bfloat16 (HF: the model cast with `.to(torch.bfloat16)`; Rosetta: bfloat16
+activations, matmul weights cast once before the decode loop). Every
 output is forced to exactly N new tokens (EOS banned before N: HF
 `min_new_tokens`, Rosetta `MinLength`), so tokens/s compare equal work:
 tokens/s = batch * N / seconds (beams are not counted). Rosetta's compile
@@ -11,6 +13,7 @@ is reported apart; the timed calls reuse the compiled program.
     python benchmarks/decoding.py --quick        # batch 8, 32 tokens
     python benchmarks/decoding.py                # batch {8, 32} x {32, 128}
     python benchmarks/decoding.py --batch 8 --new-tokens 128 --strategy beam4
+    python benchmarks/decoding.py --dtype bfloat16
 
 Prints a Markdown table. It measures, it does not assert; the numbers depend
 on the machine and on whatever else runs on it.
@@ -19,6 +22,7 @@ on the machine and on whatever else runs on it.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import tempfile
@@ -48,6 +52,8 @@ def parse_args(argv=None):
   p.add_argument('--new-tokens', type=int, nargs='+', default=[32, 128])
   p.add_argument('--strategy', nargs='+', default=list(STRATEGIES),
                  choices=list(STRATEGIES))
+  p.add_argument('--dtype', nargs='+', default=['float32', 'bfloat16'],
+                 choices=['float32', 'bfloat16'])
   p.add_argument('--source-len', type=int, default=64)
   p.add_argument('--repeats', type=int, default=1,
                  help='timed runs per system and setting; the best is kept')
@@ -58,7 +64,8 @@ def parse_args(argv=None):
   return args
 
 
-def make_models(seed: int, directory: str):
+def make_models(seed: int, directory: str, dtypes=('float32',)):
+  """The HF model and, per dtype, (HF model in that dtype, Rosetta model)."""
   import torch
   import transformers
   torch.manual_seed(seed)
@@ -66,7 +73,15 @@ def make_models(seed: int, directory: str):
                               eos_token_id=1, decoder_start_token_id=0)
   hf = transformers.T5ForConditionalGeneration(cfg).eval()
   hf.save_pretrained(directory)
-  return hf, checkpoint_import.import_hf_checkpoint(directory)
+  out = {}
+  for dtype in dtypes:
+    hf_d = hf
+    if dtype != 'float32':
+      hf_d = transformers.T5ForConditionalGeneration.from_pretrained(
+          directory).to(getattr(torch, dtype)).eval()
+    out[dtype] = (hf_d, checkpoint_import.import_hf_checkpoint(directory,
+                                                               dtype=dtype))
+  return out
 
 
 def source_batch(batch: int, length: int, seed: int):
@@ -133,12 +148,13 @@ def main(argv=None):
         f'{args.source_len}; load average {os.getloadavg()[0]:.1f}',
         flush=True)
   with tempfile.TemporaryDirectory() as d:
-    hf, model = make_models(args.seed, d)
-  run_hf(hf, source_batch(1, 8, 0), 1, 2)  # torch warm-up (lazy init)
+    models = make_models(args.seed, d, args.dtype)
   jax.monitoring.register_event_duration_secs_listener(_on_event)
 
   rows = []
-  for name in args.strategy:
+  for dtype, name in itertools.product(args.dtype, args.strategy):
+    hf, model = models[dtype]
+    run_hf(hf, source_batch(1, 8, 0), 1, 2)  # torch warm-up (lazy init)
     beams = STRATEGIES[name]
     for b in args.batch:
       for n in args.new_tokens:
@@ -150,17 +166,17 @@ def main(argv=None):
             [lambda: run_rosetta(model, x, beams, n),
              lambda: run_hf(hf, x, beams, n)], args.repeats)
         same = np.mean([np.array_equal(a, c) for a, c in zip(ours, theirs)])
-        row = (name, b, n, b * n / t_ours, b * n / t_hf,
+        row = (dtype, name, b, n, b * n / t_ours, b * n / t_hf,
                t_hf / t_ours, compile_s, same)
         rows.append(row)
-        print(f'  {name} batch {b} new {n}: rosetta {t_ours:.2f}s, '
-              f'hf {t_hf:.2f}s, compile {row[6]:.1f}s', flush=True)
+        print(f'  {dtype} {name} batch {b} new {n}: rosetta {t_ours:.2f}s, '
+              f'hf {t_hf:.2f}s, compile {compile_s:.1f}s', flush=True)
 
-  print('\n| strategy | batch | new tokens | Rosetta tok/s | HF tok/s | '
-        'Rosetta / HF | Rosetta compile s | same outputs |')
-  print('|---|---:|---:|---:|---:|---:|---:|---:|')
-  for name, b, n, ours, theirs, ratio, comp, same in rows:
-    print(f'| {name} | {b} | {n} | {ours:.0f} | {theirs:.0f} | '
+  print('\n| dtype | strategy | batch | new tokens | Rosetta tok/s | HF tok/s '
+        '| Rosetta / HF | Rosetta compile s | same outputs |')
+  print('|---|---|---:|---:|---:|---:|---:|---:|---:|')
+  for dtype, name, b, n, ours, theirs, ratio, comp, same in rows:
+    print(f'| {dtype} | {name} | {b} | {n} | {ours:.0f} | {theirs:.0f} | '
           f'{ratio:.2f}x | {comp:.1f} | {same:.0%} |')
   print(f'\nload average at the end: {os.getloadavg()[0]:.1f} '
         f'({os.cpu_count()} CPUs)')

@@ -257,6 +257,7 @@ class _BeamState(NamedTuple):
   fin_flags: jax.Array   # (b, k) slot holds a finished hypothesis
   done: jax.Array        # (b,)
   cache: Any             # leaves (b * k, ...)
+  ancestry: jax.Array    # (b, k, L) cache row of each position (or (0,))
 
 
 def _check_beam_args(num_beams, num_decodes, alpha, beta, kind):
@@ -282,7 +283,7 @@ def beam_search_core(tokens_to_logits: TokensToLogits, cache, *,
                      length_penalty_kind: str = 'gnmt', num_decodes: int = 1,
                      max_lengths=None, processors: Sequence[Processor] = (),
                      source_mask: jax.Array | None = None, eos_id: int = 1,
-                     start_id: int = 0):
+                     start_id: int = 0, cache_ancestry: bool = False):
   """Beam search over a `tokens_to_logits` function.
 
   tokens_to_logits(tokens (b*k, 1), cache) -> (logits (b*k, v),
@@ -297,6 +298,10 @@ def beam_search_core(tokens_to_logits: TokensToLogits, cache, *,
     (b, S) bool.
   max_lengths: optional (b,) ints in [1, L]: an example's hypotheses end
     there without EOS (and keep their score).
+  cache_ancestry: the cache is never reordered; instead tokens_to_logits is
+    called as (tokens, cache, ancestry) with ancestry (b, k, L) ints: the
+    beam slot (row within the example) whose cache holds the hypothesis's
+    state at each position (the current position is its own slot).
 
   Returns tokens (b, num_decodes, L) and scores (b, num_decodes), best
   first. Scores below NEG_INF / 2 mark slots with no possible sequence
@@ -316,7 +321,11 @@ def beam_search_core(tokens_to_logits: TokensToLogits, cache, *,
     i = s.step
     prev = jnp.take(s.alive_seqs, jnp.maximum(i - 1, 0), axis=2)
     last = jnp.where(i == 0, start_id, prev).reshape(b * k, 1)
-    logits, xattn, cache = tokens_to_logits(last, s.cache)
+    if cache_ancestry:
+      ancestry = s.ancestry.at[:, :, i].set(jnp.arange(k, dtype=jnp.int32))
+      logits, xattn, cache = tokens_to_logits(last, s.cache, ancestry)
+    else:
+      logits, xattn, cache = tokens_to_logits(last, s.cache)
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     logp = procs_lib.apply(processors, logp,
                            DecodeState(i, s.alive_seqs.reshape(b * k, L), k))
@@ -341,9 +350,13 @@ def beam_search_core(tokens_to_logits: TokensToLogits, cache, *,
     # A leaf returned unchanged (the same object, e.g. the cross-attention
     # K/V) still holds its tiled per-example value: no gather needed.
     rows = _gather(parent, pos)
-    cache = jax.tree.map(
-        lambda new, old: new if new is old or jnp.ndim(new) == 0
-        else _gather_flat(new, rows), cache, s.cache)
+    if cache_ancestry:
+      ancestry = _gather(ancestry, rows)
+    else:
+      ancestry = s.ancestry
+      cache = jax.tree.map(
+          lambda new, old: new if new is old or jnp.ndim(new) == 0
+          else _gather_flat(new, rows), cache, s.cache)
 
     # Finished: only the top k may finish (HF / fairseq); merge, keep best k.
     just = ends & (jnp.arange(2 * k) < k)[None] & ~s.done[:, None]
@@ -368,7 +381,8 @@ def beam_search_core(tokens_to_logits: TokensToLogits, cache, *,
         alive_logp=bc(alive_logp),
         alive_cov=bc(_gather(cov, pos)) if use_cov else s.alive_cov,
         fin_seqs=bc(fin_seqs), fin_scores=bc(fin_scores),
-        fin_flags=bc(fin_flags), done=bc(done), cache=cache)
+        fin_flags=bc(fin_flags), done=bc(done), cache=cache,
+        ancestry=bc(ancestry) if cache_ancestry else ancestry)
 
   # Only beam 0 is live at first, so the k copies do not pick the same token.
   alive_logp = jnp.where(jnp.arange(k) == 0, 0.0, NEG_INF)
@@ -380,7 +394,10 @@ def beam_search_core(tokens_to_logits: TokensToLogits, cache, *,
       fin_seqs=jnp.zeros((b, k, L), jnp.int32),
       fin_scores=jnp.full((b, k), NEG_INF, jnp.float32),
       fin_flags=jnp.zeros((b, k), bool), done=jnp.zeros((b,), bool),
-      cache=tile_beams(cache, k))
+      cache=tile_beams(cache, k),
+      ancestry=(jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32)[:, None],
+                                 (b, k, L)) if cache_ancestry
+                else jnp.zeros((0,), jnp.int32)))
   out = jax.lax.while_loop(lambda s: (s.step < L) & ~jnp.all(s.done), body,
                            init)
   return out.fin_seqs[:, :num_decodes], out.fin_scores[:, :num_decodes]
@@ -432,21 +449,39 @@ def _fresh_cache(cache):
   return nnx.map_state(fn, cache)
 
 
+def _weights_in_compute_dtype(model):
+  """With bfloat16 activations, casts the matmul weights to bfloat16 ONCE,
+  before the loop: each step otherwise re-reads float32 weights and converts
+  them, and a decode step is bound by reading weights (rows = batch x beams
+  is small). Norm scales and relative-position tables stay float32."""
+  dtype = model.cfg.jnp_dtype
+  if dtype == jnp.float32:
+    return model
+  gd, params, rest = nnx.split(model, nnx.Param, ...)
+
+  def cast(path, var):
+    value = var.get_value()
+    if value.ndim < 2 or 'relpos_bias' in map(str, path):
+      return var
+    return var.replace(value.astype(dtype))
+  return nnx.merge(gd, nnx.map_state(cast, params), rest)
+
+
 @functools.partial(jax.jit, static_argnames=('graphdef', 'static'))
 def _decode_jit(graphdef, state, encoder_input_tokens, dynamic, proc_leaves,
                 *, static: _Static):
-  model = nnx.merge(graphdef, state)
+  model = _weights_in_compute_dtype(nnx.merge(graphdef, state))
   cfg = model.cfg
   b = encoder_input_tokens.shape[0]
   encoded = model.encode(encoder_input_tokens)
   model.init_cache(encoded, encoder_input_tokens, static.max_decode_length)
   gd, params, cache, rest = nnx.split(model, nnx.Param, nnx.Cache, ...)
 
-  def tokens_to_logits(tokens, cache):
+  def tokens_to_logits(tokens, cache, ancestry=None):
     fresh = _fresh_cache(cache)
     given = jax.tree.leaves(fresh)
     m = nnx.merge(gd, params, fresh, rest)
-    logits, cross_attn = m.decode_step(tokens)
+    logits, cross_attn = m.decode_step(tokens, beam_ancestry=ancestry)
     new = nnx.state(m, nnx.Cache)
     # Leaves decode_step did not write go back as the very input objects,
     # so that beam search sees they are unchanged and skips gathering them.
@@ -461,9 +496,12 @@ def _decode_jit(graphdef, state, encoder_input_tokens, dynamic, proc_leaves,
       eos_id=cfg.eos_token_id, start_id=cfg.decoder_start_token_id,
       **dynamic, **dict(static.options))
   if static.strategy == 'beam':
+    # The decoder reads its self-attention history through the ancestry,
+    # so the cache is written in place and never copied between beams.
     return beam_search_core(
         tokens_to_logits, cache,
-        source_mask=encoder_input_tokens != cfg.pad_token_id, **common)
+        source_mask=encoder_input_tokens != cfg.pad_token_id,
+        cache_ancestry=True, **common)
   return sample_core(tokens_to_logits, cache, **common)
 
 

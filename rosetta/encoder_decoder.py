@@ -169,11 +169,12 @@ class DecoderLayer(nnx.Module):
     self.dropout = nnx.Dropout(cfg.dropout_rate)
 
   def __call__(self, x, encoded, self_bias, self_mask, cross_mask,
-               cache_index, deterministic, rngs):
+               cache_index, deterministic, rngs, beam_ancestry=None):
     drop = lambda h: self.dropout(h, deterministic=deterministic, rngs=rngs)
     h = self.self_attention(self.pre_self_attention_norm(x), bias=self_bias,
                             mask=self_mask, cache_index=cache_index,
-                            deterministic=deterministic, rngs=rngs)
+                            deterministic=deterministic, rngs=rngs,
+                            beam_ancestry=beam_ancestry)
     x = x + drop(h)
     h, probs = self.cross_attention(
         self.pre_cross_attention_norm(x), encoded, mask=cross_mask,
@@ -205,13 +206,14 @@ class Decoder(nnx.Module):
     self.cache_index: nnx.Cache | None = nnx.data(None)
 
   def __call__(self, embedded, encoded, self_bias, self_mask, cross_mask,
-               shared_embedding, deterministic, rngs, decode: bool):
+               shared_embedding, deterministic, rngs, decode: bool,
+               beam_ancestry=None):
     cache_index = self.cache_index[...] if decode else None
     x = self.dropout(embedded, deterministic=deterministic, rngs=rngs)
     probs = None
     for layer in self.layers:
       x, probs = layer(x, encoded, self_bias, self_mask, cross_mask,
-                       cache_index, deterministic, rngs)
+                       cache_index, deterministic, rngs, beam_ancestry)
     x = self.final_norm(x)
     x = self.dropout(x, deterministic=deterministic, rngs=rngs)
     if self.cfg.tie_word_embeddings:
@@ -319,11 +321,13 @@ class EncoderDecoder(nnx.Module):
         encoder_input_tokens != self.cfg.pad_token_id,
         logical_axes=('cache_batch', 'cache_length'))
 
-  def decode_step(self, decoder_input_tokens):
+  def decode_step(self, decoder_input_tokens, beam_ancestry=None):
     """Runs (b, c) new tokens (usually c = 1) at the cache position.
 
     Returns f32 logits (b, c, v) and the last layer's head-averaged
     cross-attention (b, c, source length); advances the cache index by c.
+    beam_ancestry: optional (b / beams, beams, max_len) ints for beam search
+      without cache reordering (`layers.MultiHeadAttention`); c must be 1.
     """
     index = self.decoder.cache_index[...]
     b, c = decoder_input_tokens.shape
@@ -338,4 +342,5 @@ class EncoderDecoder(nnx.Module):
         (b, 1, c, self.encoder_valid.shape[1]))
     embedded = self.shared_embedding(decoder_input_tokens)
     return self.decoder(embedded, None, self_bias, self_mask, cross_mask,
-                        self.shared_embedding, True, None, decode=True)
+                        self.shared_embedding, True, None, decode=True,
+                        beam_ancestry=beam_ancestry)

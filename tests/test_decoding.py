@@ -7,6 +7,7 @@ Vocabulary of the hand-written models: 0 = start / pad, 1 = EOS, 2 = 'A',
 (row 0: after the start token); unlisted tokens get 1e-30.
 """
 
+import dataclasses
 import itertools
 import re
 
@@ -171,13 +172,15 @@ def _brute_force(tables, attention, mask, max_len, alpha, beta, kind):
   return sorted(out, reverse=True)
 
 
-@pytest.mark.parametrize('kind,alpha,beta', [('hf', 0.0, 0.0),
-                                             ('hf', 1.0, 0.0),
-                                             ('gnmt', 2.0, 0.5)])
-def test_beam_search_matches_brute_force(kind, alpha, beta):
+@pytest.mark.parametrize('kind,alpha,beta,ancestry', [
+    ('hf', 0.0, 0.0, False), ('hf', 1.0, 0.0, False),
+    ('gnmt', 2.0, 0.5, False), ('gnmt', 2.0, 0.5, True)])
+def test_beam_search_matches_brute_force(kind, alpha, beta, ancestry):
   """With more beams than prefixes, beam search is exhaustive; a second
-  order chain whose history lives in the cache checks the beam gathers, and
-  per-example tables and max lengths check the batch bookkeeping."""
+  order chain whose history lives in the cache checks the beam gathers (or,
+  with `cache_ancestry`, the ancestry bookkeeping: the history is written in
+  place and read back through it), and per-example tables and max lengths
+  check the batch bookkeeping."""
   rng = np.random.default_rng(0)
   tables = np.full((2, V, V, V), TINY)
   tables[..., 1:] = rng.dirichlet(np.ones(3), size=(2, V, V))
@@ -191,10 +194,27 @@ def test_beam_search_matches_brute_force(kind, alpha, beta):
     logits = logt[cache['example'], cache['prev'], last]
     return logits, jnp.asarray(attention)[last], dict(cache, prev=last)
 
+  def fn_ancestry(tokens, cache, ancestry):
+    i, last = cache['step'], tokens[:, 0]
+    hist = cache['hist'].at[:, i].set(last)   # each row writes in place
+    b, k, _ = ancestry.shape
+    at = jnp.maximum(i - 1, 0)
+    prev = jnp.take_along_axis(hist.reshape(b, k, -1)[:, :, at],
+                               ancestry[:, :, at], axis=1).reshape(-1)
+    prev = jnp.where(i == 0, 0, prev)
+    logits = logt[cache['example'], prev, last]
+    return (logits, jnp.asarray(attention)[last],
+            dict(cache, hist=hist, step=i + 1))
+
   cache = {'example': jnp.arange(2), 'prev': jnp.zeros((2,), jnp.int32)}
+  if ancestry:
+    fn = fn_ancestry
+    cache = {'example': jnp.arange(2), 'hist': jnp.zeros((2, 4), jnp.int32),
+             'step': jnp.zeros((), jnp.int32)}
   max_lens = [4, 3]
   tokens, scores = decoding.beam_search_core(
       fn, cache, batch_size=2, num_beams=32, max_decode_length=4,
+      cache_ancestry=ancestry,
       num_decodes=5, alpha=alpha, beta=beta, length_penalty_kind=kind,
       max_lengths=jnp.array(max_lens), source_mask=jnp.array([mask, mask]))
   for e in range(2):
@@ -511,3 +531,25 @@ def test_mesh_decoding_matches_one_device(tiny_model, tmp_path,
             state, x_sharded).compile().as_text()
   gathers = re.findall(r'= \w+\[(\d+)[,\]][^\n]* all-gather\(', hlo)
   assert not set(map(int, gathers)) & {8, 32}, gathers
+
+
+def test_bfloat16_decoding_casts_weights_once_and_agrees(tiny_model):
+  """With bfloat16 activations the matmul weights are cast before the loop
+  (norm scales and relative-position tables stay float32), and beam search
+  still finds what the float32 model finds on this sharp tiny model."""
+  graphdef, state = nnx.split(tiny_model)
+  cfg = dataclasses.replace(TINY_CFG, dtype='bfloat16')
+  bf16 = nnx.merge(nnx.graphdef(EncoderDecoder(cfg, rngs=nnx.Rngs(0))),
+                   state)
+  cast = decoding._weights_in_compute_dtype(bf16)
+  params = dict(nnx.to_flat_state(nnx.state(cast, nnx.Param)))
+  for path, var in params.items():
+    name = '/'.join(map(str, path))
+    want = (jnp.float32 if var.ndim < 2 or 'relpos_bias' in name
+            else jnp.bfloat16)
+    assert var.get_value().dtype == want, name
+  x = source_batch()
+  ours, _ = decoding.beam_search(bf16, x, num_beams=3, max_decode_length=10)
+  ref, _ = decoding.beam_search(tiny_model, x, num_beams=3,
+                                max_decode_length=10)
+  np.testing.assert_array_equal(ours, ref)
