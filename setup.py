@@ -50,7 +50,10 @@ EXTRAS = {
              'nbformat==5.11.1', 'ipykernel==7.4.0'],
     # Outside implementations that tests and benchmarks compare against.
     # torch 2.13.0 is the CPU build; a bare `torch` would pull a CUDA build.
-    'peers': ['torch==2.13.0', 'transformers==5.24.0'],
+    # sentence-transformers: the dual-encoder peer (MultipleNegativesRanking
+    # loss) in benchmarks/retrieval_quality.py.
+    'peers': ['torch==2.13.0', 'transformers==5.24.0',
+              'sentence-transformers==6.2.0'],
 }
 
 setup(
