@@ -82,8 +82,8 @@ def parse_args(argv=None):
   p.add_argument('--threads', type=int, default=2, help='torch threads')
   p.add_argument('--peak-reps', type=int, default=10,
                  help='timed calls of the 2048 matmul per dtype')
-  p.add_argument('--systems', nargs='+', default=['hf', 'f32', 'bf16'],
-                 choices=['hf', 'f32', 'bf16'])
+  p.add_argument('--systems', nargs='+', default=['hf', 'hf_bf16', 'f32', 'bf16'],
+                 choices=['hf', 'hf_bf16', 'f32', 'bf16'])
   p.add_argument('--order', choices=['interleave', 'sequential'],
                  default='interleave',
                  help='timed steps round-robin, or each system in one go')
@@ -152,10 +152,14 @@ def matmul_flops(size: dict, batch: int, length: int) -> float:
 
 # ------------------------------------------------------------------- HF ---
 class HFSystem:
-  name = 'HF transformers (torch, f32)'
 
-  def __init__(self, size, batch_np, args):
+  def __init__(self, size, batch_np, args, autocast: bool = False):
     import torch
+    # autocast: bfloat16 matmuls with float32 parameters, torch's peer of
+    # Rosetta's bfloat16 activations.
+    self.autocast = autocast
+    self.name = ('HF transformers (torch, bf16 autocast, f32 params)'
+                 if autocast else 'HF transformers (torch, f32)')
     import transformers
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -197,8 +201,10 @@ class HFSystem:
     return m.lm_head.weight.data_ptr() != m.shared.weight.data_ptr()
 
   def step(self):
-    out = self.model(input_ids=self.enc, attention_mask=self.mask,
-                     decoder_input_ids=self.dec, labels=self.tgt)
+    with self.torch.autocast('cpu', dtype=self.torch.bfloat16,
+                             enabled=self.autocast):
+      out = self.model(input_ids=self.enc, attention_mask=self.mask,
+                       decoder_input_ids=self.dec, labels=self.tgt)
     out.loss.backward()
     self.opt.step()
     self.opt.zero_grad()
@@ -310,12 +316,12 @@ def main(argv=None):
   systems = []
   for key in args.systems:
     t = time.perf_counter()
-    if key == 'hf':
-      s = HFSystem(size, batch_np, args)
+    if key in ('hf', 'hf_bf16'):
+      s = HFSystem(size, batch_np, args, autocast=key == 'hf_bf16')
     else:
       s = RosettaSystem(size, batch_np, args,
                         'float32' if key == 'f32' else 'bfloat16')
-    s.peak_key = 'bf16' if key == 'bf16' else 'f32'
+    s.peak_key = 'bf16' if key in ('bf16', 'hf_bf16') else 'f32'
     s.key, s.init_s, s.times, s.cpu = key, time.perf_counter() - t, [], []
     systems.append(s)
 
@@ -327,7 +333,7 @@ def main(argv=None):
   n_params = counts.get('f32', counts.get('bf16', counts.get('hf')))
 
   for s in systems:
-    if s.key != 'hf':
+    if not s.key.startswith('hf'):
       s.measure_compile(batch_np)
   # Warm-up: the first step of each Rosetta system traces and compiles.
   for s in systems:
@@ -370,7 +376,7 @@ def main(argv=None):
     tps = tokens / med
     ratio = f'{tps / hf_tps:.2f}x' if hf_tps else 'n/a'
     mfu = model_flops / med / (peak[s.peak_key] * 1e9)
-    compile_s = ('n/a' if s.key == 'hf'
+    compile_s = ('n/a' if s.key.startswith('hf')
                  else f'{s.lower_s + s.compile_s:.1f}')
     busy = statistics.median(c / w for c, w in zip(s.cpu, s.times))
     print(f'| {s.name} | {med:.3f} [{min(s.times):.3f}-{max(s.times):.3f}] '
@@ -408,9 +414,9 @@ def main(argv=None):
   print('Rosetta compile = trace+lower + XLA compile of the train step, '
         'timed ahead of time (' + ', '.join(
             f'{s.key} {s.lower_s:.1f} + {s.compile_s:.1f} s'
-            for s in systems if s.key != 'hf') + '); first call (compile + '
+            for s in systems if not s.key.startswith('hf')) + '); first call (compile + '
         'step) ' + ', '.join(f'{s.key} {s.first_s:.1f} s' for s in systems
-                             if s.key != 'hf')
+                             if not s.key.startswith('hf'))
         + '; setup (init) ' + ', '.join(f'{s.key} {s.init_s:.1f} s'
                                         for s in systems))
   print('CPU s/step = process CPU seconds per timed step (median); cores '
