@@ -1,0 +1,4 @@
+"""Retrieval on Rosetta: dual encoders (dual_encoder, contrastive,
+dual_encoder_model, pair_tasks), indexing, search and IR metrics, and
+generative retrieval (DSI). Imports `rosetta`; modules are imported
+explicitly (nothing is re-exported here)."""

@@ -80,6 +80,8 @@ except RuntimeError:  # TF devices already initialised by someone else.
   pass
 
 BATCH_AXES = partitioning.BATCH_AXES
+# A feature converter class, called with `pack=` (t5x's FEATURE_CONVERTER_CLS).
+ConverterCls = Callable[..., seqio.FeatureConverter]
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -340,15 +342,20 @@ def make_local_dataset(mixture_or_task_name: str, *, split: str,
                        local_batch_size: int, seed: int, shuffle: bool = True,
                        pack: bool = True, num_epochs: int | None = None,
                        process_index: int = 0, process_count: int = 1,
-                       use_cached: bool = False) -> tf.data.Dataset:
+                       use_cached: bool = False,
+                       feature_converter_cls: ConverterCls | None = None
+                       ) -> tf.data.Dataset:
   """This host's batches: its shard of the task, converted, batched.
 
   Elements are {feature: int32 (local_batch_size, length)}; the last
-  partial batch of a finite dataset is dropped.
+  partial batch of a finite dataset is dropped. `feature_converter_cls`
+  (called with `pack=`) defaults to seqio's EncDecFeatureConverter; model
+  wrappers with other features name theirs (`model.FEATURE_CONVERTER_CLS`).
   """
+  converter_cls = feature_converter_cls or seqio.EncDecFeatureConverter
   ds = seqio.get_dataset(
       mixture_or_task_name, task_feature_lengths=dict(task_feature_lengths),
-      feature_converter=seqio.EncDecFeatureConverter(pack=pack),
+      feature_converter=converter_cls(pack=pack),
       dataset_split=split, use_cached=use_cached, shuffle=shuffle,
       num_epochs=num_epochs,
       shard_info=seqio.ShardInfo(index=process_index,
@@ -390,8 +397,10 @@ class InputPipeline:
                seed: int = 0, shuffle: bool = True, pack: bool = True,
                num_epochs: int | None = None, use_cached: bool = False,
                batch_logical_axes: partitioning.LogicalAxes = BATCH_AXES,
-               state: Mapping[str, Any] | None = None):
+               state: Mapping[str, Any] | None = None,
+               feature_converter_cls: ConverterCls | None = None):
     self.partitioner = _as_partitioner(partitioner)
+    self.feature_converter_cls = feature_converter_cls
     self.process_index = jax.process_index()
     self.process_count = jax.process_count()
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
@@ -444,7 +453,8 @@ class InputPipeline:
         local_batch_size=self.local_batch_size, seed=self.seed,
         shuffle=self.shuffle, pack=self.pack, num_epochs=self.num_epochs,
         process_index=self.process_index, process_count=self.process_count,
-        use_cached=self.use_cached)
+        use_cached=self.use_cached,
+        feature_converter_cls=self.feature_converter_cls)
 
   @property
   def element_spec(self) -> dict[str, jax.ShapeDtypeStruct]:

@@ -60,6 +60,17 @@ def task_setup(register_fns=()):
     fn()
 
 
+def _feature_converter_cls(model):
+  """The model wrapper's feature converter class (t5x's
+  FEATURE_CONVERTER_CLS), or None for seqio's EncDecFeatureConverter."""
+  return getattr(model, 'FEATURE_CONVERTER_CLS', None)
+
+
+def _eval_converter(model):
+  cls = _feature_converter_cls(model)
+  return None if cls is None else cls(pack=False)
+
+
 def _log(msg: str):
   if jax.process_index() == 0:
     print(msg, flush=True)
@@ -160,6 +171,7 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
                                  allow_change=allow_config_change)
   mesh = mesh if mesh is not None else partitioning.make_mesh()
   part = partitioning.Partitioner(mesh)
+  converter_cls = _feature_converter_cls(model)
   tr = trainer_lib.Trainer(model, part, optimizer, schedule,
                            num_microbatches=num_microbatches, seed=seed)
   ckpt = checkpoints.Checkpointer(
@@ -174,21 +186,25 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
     data_state = None
     if init_from_hf:
       from rosetta import checkpoint_import
-      state = tr.state_from_network(
-          checkpoint_import.import_hf_checkpoint(init_from_hf,
-                                                 partitioner=part))
+      # A wrapper whose network is not an EncoderDecoder (a dual encoder)
+      # names its own importer.
+      importer = getattr(model, 'import_hf_checkpoint',
+                         checkpoint_import.import_hf_checkpoint)
+      state = tr.state_from_network(importer(init_from_hf, partitioner=part))
     else:
       state = tr.init_state()
     start_step = 0
   pipeline = data.InputPipeline(
       task, split=split, task_feature_lengths=task_feature_lengths,
       global_batch_size=batch_size, partitioner=part, seed=seed,
-      shuffle=shuffle, pack=pack, state=data_state)
+      shuffle=shuffle, pack=pack, state=data_state,
+      feature_converter_cls=converter_cls)
   eval_names = list(eval_tasks) if eval_tasks is not None else (
       [task] if eval_period else [])
   evaluators = [data.make_evaluator(
       name, eval_split, num_examples=eval_num_examples,
       task_feature_lengths=task_feature_lengths,
+      feature_converter=_eval_converter(model),
       async_compute_metrics=False) for name in eval_names]
   eval_bs = eval_batch_size or batch_size
   flops = trainer_lib.FlopsCounter.for_params(state['params'])
@@ -204,7 +220,7 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
     pipe = data.InputPipeline(
         task, split=eval_split, task_feature_lengths=task_feature_lengths,
         global_batch_size=eval_bs, partitioner=part, seed=seed,
-        shuffle=False, pack=pack)
+        shuffle=False, pack=pack, feature_converter_cls=converter_cls)
     sums = None
     for _ in range(eval_loss_batches):
       m = tr.eval_step(state, next(pipe))
@@ -301,6 +317,7 @@ def evaluate(*, model_dir: str = gin.REQUIRED, tasks: list = gin.REQUIRED,
   tr, state, step = _restore_for_inference(model_dir, model, mesh, step)
   evaluators = [data.make_evaluator(
       t, split, task_feature_lengths=task_feature_lengths,
+      feature_converter=_eval_converter(model),
       num_examples=num_examples, async_compute_metrics=False) for t in tasks]
   logger = run_logging.RunLogger(os.path.join(model_dir, 'tb'), step, step,
                                  progress_bar=False)
@@ -329,6 +346,7 @@ def infer(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
   task_obj = seqio.get_mixture_or_task(task)
   evaluator = data.make_evaluator(task, split,
                                   task_feature_lengths=task_feature_lengths,
+                                  feature_converter=_eval_converter(model),
                                   num_examples=num_examples,
                                   async_compute_metrics=False)
   network = tr.network(state['params'])

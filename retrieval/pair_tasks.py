@@ -1,0 +1,237 @@
+"""seqio tasks of (query, positive, hard negatives) for dual encoders.
+
+    tatoeba_pairs_en_de   English sentence -> its German translation
+                          (translation.sources' Tatoeba hash split: a held-out
+                          English sentence is held out here and in NMT);
+                          train / validation / test; no hard negatives
+    xquad_pairs_de_en     German XQuAD question -> its English paragraph;
+                          hard negatives: the other paragraphs of the same
+                          article. train / test by `retrieval.datasets.
+                          xquad_split(question id)` (70/30, same in every
+                          language), so the test questions of the retrieval
+                          evaluation are never trained on
+
+Every task has the same three features (a mixture needs that)::
+
+    queries    int32 [None]         tokens + EOS
+    positives  int32 [None]
+    negatives  int32 [None, None]   ragged, one row per hard negative
+                                    (zero rows for Tatoeba)
+
+plus '*_pretokenized' strings of queries and positives.
+`retrieval.dual_encoder_model.DualEncoderFeatureConverter` pads them into
+model features. `setup` (gin: `task_setup.register_fns =
+[@pair_tasks.setup]`) registers the tasks and their temperature mixture.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Callable, Sequence
+
+import gin
+import seqio
+import tensorflow as tf
+
+from rosetta import data
+from retrieval import datasets
+from translation import mixtures, sources
+
+Example = tuple[str, str, tuple[str, ...]]  # (query, positive, negatives)
+
+
+class PairSource(data.TextPairSource):
+  """In-memory (query, positive, negatives) examples per split, read on
+  first use; shuffled and sharded like `rosetta.data.TextPairSource` (whose
+  `pairs(split)` here returns these triples, so mixtures can count them)."""
+
+  def __init__(self, loaders: dict[str, Callable[[], list[Example]]],
+               description: str = ''):
+    def counted(load):
+      def fn(stats: data.TextPairStats):
+        rows = load()
+        stats.lines = stats.pairs = len(rows)
+        return rows
+      return fn
+    super().__init__({k: counted(v) for k, v in loaders.items()},
+                     description=description)
+
+  def _dataset_fn(self, split: str, shuffle_files: bool,
+                  seed: int | None = None) -> tf.data.Dataset:
+    rows = self.pairs(split)
+    negatives = tf.RaggedTensor.from_row_lengths(
+        tf.constant([n for _, _, negs in rows for n in negs], tf.string),
+        tf.constant([len(negs) for _, _, negs in rows], tf.int64))
+    ds = tf.data.Dataset.from_tensor_slices({
+        'queries': tf.constant([q for q, _, _ in rows], tf.string),
+        'positives': tf.constant([p for _, p, _ in rows], tf.string),
+        'negatives': negatives})
+    if shuffle_files:
+      ds = ds.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True)
+    return ds
+
+
+def tokenize_examples(dataset: tf.data.Dataset,
+                      output_features) -> tf.data.Dataset:
+  """Strings -> token ids with each feature's vocabulary (no EOS yet);
+  keeps 'queries_pretokenized' / 'positives_pretokenized'. Negatives are
+  tokenized one string at a time (byte vocabularies cannot encode a batch
+  of different lengths)."""
+  def fn(ex):
+    out = {}
+    for key in ('queries', 'positives'):
+      out[f'{key}_pretokenized'] = ex[key]
+      out[key] = output_features[key].vocabulary.encode_tf(ex[key])
+    vocab = output_features['negatives'].vocabulary
+    negs = ex['negatives']
+    if isinstance(negs, tf.RaggedTensor):
+      negs = negs.to_tensor()
+    out['negatives'] = tf.map_fn(
+        vocab.encode_tf, negs,
+        fn_output_signature=tf.RaggedTensorSpec([None], tf.int32,
+                                                ragged_rank=0))
+    return out
+  return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
+  return {'queries': seqio.Feature(vocabulary, add_eos=True),
+          'positives': seqio.Feature(vocabulary, add_eos=True),
+          'negatives': seqio.Feature(vocabulary, add_eos=True, rank=2)}
+
+
+def register_pair_task(name: str, source: PairSource,
+                       vocabulary: seqio.Vocabulary, *,
+                       replace: bool = True) -> seqio.Task:
+  """A Task over a PairSource: tokenize, then EOS after trimming (a
+  truncated text still ends in EOS, as `make_encode_fn` builds them)."""
+  if replace:
+    seqio.TaskRegistry.remove(name)
+  return seqio.TaskRegistry.add(
+      name, source=source, output_features=output_features(vocabulary),
+      preprocessors=[tokenize_examples,
+                     seqio.preprocessors.append_eos_after_trim])
+
+
+# -------------------------------------------------------------- Tatoeba ---
+
+
+def tatoeba_task_name(lang: str) -> str:
+  return f'tatoeba_pairs_en_{sources.language(lang).code}'
+
+
+def register_tatoeba_pair_task(vocabulary: seqio.Vocabulary, lang: str, *,
+                               root: str | None = None) -> str:
+  """English -> `lang` translation pairs, split as for NMT."""
+  lang = sources.language(lang).code
+  load = sources.direction_splits('tatoeba', 'en', lang, root=root)
+
+  def loader(split):
+    return lambda: [(en, x, ()) for en, x in load()[split]]
+  name = tatoeba_task_name(lang)
+  register_pair_task(name, PairSource(
+      {s: loader(s) for s in ('train', 'validation', 'test')},
+      description=f'tatoeba en->{lang} pairs'), vocabulary)
+  return name
+
+
+# ---------------------------------------------------------------- XQuAD ---
+
+
+def xquad_task_name(query_lang: str, doc_lang: str) -> str:
+  return f'xquad_pairs_{query_lang}_{doc_lang}'
+
+
+def _article(pid: str) -> str:
+  """'<lang>:<title>_p<j>' (retrieval.datasets' paragraph id) -> title."""
+  return pid.split(':', 1)[1].rsplit('_p', 1)[0]
+
+
+def _stable_order(key: str, items: Sequence[str]) -> list[str]:
+  """A fixed pseudo-random order of `items` for `key` (which hard negatives
+  come first, when a converter keeps fewer than there are)."""
+  return sorted(items, key=lambda s: hashlib.md5(
+      f'{key}\t{s}'.encode('utf-8')).hexdigest())
+
+
+def xquad_examples(query_lang: str, doc_lang: str,
+                   split: str) -> list[Example]:
+  """Questions of `split` -> (question, paragraph, other paragraphs of the
+  same article, in a fixed per-question order)."""
+  rs = datasets.xquad(query_lang, corpus=doc_lang, split=split)
+  text = dict(zip(rs.doc_ids, rs.docs))
+  by_article: dict[str, list[str]] = {}
+  for pid in rs.doc_ids:
+    by_article.setdefault(_article(pid), []).append(pid)
+  out = []
+  for qid, question in zip(rs.query_ids, rs.queries):
+    (pos,) = [d for d, g in rs.qrels[qid].items() if g > 0]
+    others = [d for d in by_article[_article(pos)] if d != pos]
+    out.append((question, text[pos],
+                tuple(text[d] for d in _stable_order(qid, others))))
+  return out
+
+
+def register_xquad_pair_task(vocabulary: seqio.Vocabulary, query_lang: str,
+                             doc_lang: str) -> str:
+  for lang in (query_lang, doc_lang):
+    if lang not in datasets.XQUAD_LANGUAGES:
+      raise ValueError(f'XQuAD has no language {lang!r}; known: '
+                       f'{datasets.XQUAD_LANGUAGES}')
+  name = xquad_task_name(query_lang, doc_lang)
+  register_pair_task(name, PairSource(
+      {s: (lambda s=s: xquad_examples(query_lang, doc_lang, s))
+       for s in ('train', 'test')},
+      description=f'xquad {query_lang} questions -> {doc_lang} paragraphs'),
+      vocabulary)
+  return name
+
+
+# ---------------------------------------------------------------- setup ---
+
+
+def vocabulary_from(spec: str | seqio.Vocabulary) -> seqio.Vocabulary:
+  """'bytes' -> seqio.ByteVocabulary(); a path -> its SentencePiece model
+  (e.g. T5's 'gs://t5-data/vocabs/cc_all.32000/sentencepiece.model')."""
+  if isinstance(spec, seqio.Vocabulary):
+    return spec
+  if spec == 'bytes':
+    return seqio.ByteVocabulary()
+  if not tf.io.gfile.exists(spec):
+    raise FileNotFoundError(f'pair_tasks vocabulary: no file {spec!r} '
+                            "(give 'bytes' or a SentencePiece model path)")
+  return seqio.SentencePieceVocabulary(spec)
+
+
+def parse_pairs(specs: Sequence[str]) -> list[tuple[str, str]]:
+  """['de-en', 'en-en'] -> [('de', 'en'), ('en', 'en')]."""
+  out = []
+  for spec in specs:
+    parts = spec.split('-')
+    if len(parts) != 2 or not all(parts):
+      raise ValueError(f'xquad pair {spec!r}: expected "query-doc", e.g. '
+                       '"de-en"')
+    out.append((parts[0], parts[1]))
+  return out
+
+
+@gin.configurable
+def setup(vocabulary: str | seqio.Vocabulary = 'bytes',
+          tatoeba_languages: Sequence[str] = ('de', 'fr', 'es'),
+          xquad_pairs: Sequence[str] = ('en-en', 'de-de', 'de-en'),
+          mixture: str = 'retrieval_pairs', temperature: float = 2.0,
+          root: str | None = None) -> list[str]:
+  """Registers Tatoeba and XQuAD pair tasks and the temperature mixture
+  `mixture` over them (rate n^(1/T), each task shuffled with its own seed).
+  Returns the task names. Tatoeba languages missing from the data
+  directory are an error, not skipped."""
+  vocab = vocabulary_from(vocabulary)
+  names = [register_tatoeba_pair_task(vocab, l, root=root)
+           for l in tatoeba_languages]
+  names += [register_xquad_pair_task(vocab, q, d)
+            for q, d in parse_pairs(xquad_pairs)]
+  if not names:
+    raise ValueError('pair_tasks.setup: no tatoeba_languages and no '
+                     'xquad_pairs: nothing to train on')
+  mixtures.register_temperature_mixture(mixture, names, temperature)
+  return names
