@@ -7,11 +7,12 @@ import datetime
 import difflib
 import logging
 import os
-import tempfile
 
 import jax
 from etils import epath
 from jax.experimental import multihost_utils
+
+from rosetta import run_files
 
 logger = logging.getLogger('rosetta.checkpoints')
 
@@ -21,23 +22,7 @@ def _utc_stamp() -> str:
       '%Y%m%dT%H%M%S.%fZ')
 
 
-def _atomic_write_text(path: epath.Path, text: str) -> None:
-  """Writes `text` to `path` so that a reader sees old or new, never half."""
-  if '://' in os.fspath(path):  # gs://...: an object write is atomic
-    path.write_text(text)
-    return
-  fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp',
-                             dir=os.fspath(path.parent))
-  try:
-    with os.fdopen(fd, 'w', encoding='utf-8') as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, os.fspath(path))
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+_atomic_write_text = run_files.atomic_write_text
 
 
 def write_run_config(directory: str | os.PathLike, text: str,

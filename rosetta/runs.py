@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 # Imported up front: gin locks its registry once parsing is finalised, and
 # these modules register configurables.
 from rosetta import checkpoints, data, optimizers, partitioning  # noqa: E402
-from rosetta import run_logging  # noqa: E402
+from rosetta import run_files, run_logging  # noqa: E402
 from rosetta import trainer as trainer_lib  # noqa: E402
 
 
@@ -71,31 +71,18 @@ def _eval_converter(model):
   return None if cls is None else cls(pack=False)
 
 
+def _log_metrics(appender: run_files.JsonlAppender, record: dict):
+  if jax.process_index() == 0:
+    appender.append(record)
+
+
 def _log(msg: str):
   if jax.process_index() == 0:
     print(msg, flush=True)
 
 
-def _append_jsonl(path: str, record: dict):
-  if jax.process_index() != 0:
-    return
-  with open(path, 'a') as f:
-    f.write(json.dumps(record) + '\n')
-    f.flush()
-    os.fsync(f.fileno())
-
-
-def write_jsonl_atomically(path: str, records) -> str:
-  """All-or-nothing: a temp file in the same directory, then os.replace."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    for r in records:
-      f.write(json.dumps(r, ensure_ascii=False) + '\n')
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-  return path
+# Re-exported: `infer` and the applications write predictions with it.
+write_jsonl_atomically = run_files.write_jsonl_atomically
 
 
 def _host_scalars(metrics) -> dict[str, float]:
@@ -165,7 +152,7 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
   `allow_config_change` (then the old file is kept with a timestamp).
   """
   task_setup()
-  os.makedirs(model_dir, exist_ok=True)
+  run_files.makedirs(model_dir)
   if config_text:  # every process compares, process 0 writes
     checkpoints.write_run_config(model_dir, config_text,
                                  allow_change=allow_config_change)
@@ -211,7 +198,8 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
   logger = run_logging.RunLogger(
       os.path.join(model_dir, 'tb'), total_steps, start_step,
       peak_flops=peak_flops, flops_per_token=flops.flops(1.0))
-  metrics_path = os.path.join(model_dir, 'train_metrics.jsonl')
+  metrics_log = run_files.JsonlAppender(
+      os.path.join(model_dir, 'train_metrics.jsonl'))
   _log(f'training {task} for {total_steps} steps on mesh '
        f'{dict(mesh.shape)} ({jax.process_count()} process(es)); '
        f'{flops.num_params / 1e6:.2f}M parameters')
@@ -255,7 +243,7 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
         for s, m in pending:  # host transfer only here, not every step
           host = _host_scalars(m)
           tokens_since += host['num_tokens']
-          _append_jsonl(metrics_path, {'step': s, **host})
+          _log_metrics(metrics_log, {'step': s, **host})
         logger.train_report(step, host, tokens_since)
         tokens_since, pending = 0.0, []
         if out_of_time():
@@ -268,7 +256,7 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
         logger.reset_timer(step)
       if guard.should_stop(step):
         for s, m in pending:
-          _append_jsonl(metrics_path, {'step': s, **_host_scalars(m)})
+          _log_metrics(metrics_log, {'step': s, **_host_scalars(m)})
         pending = []
         ckpt.save(step, state, pipeline.state(), force=True)
         ckpt.wait()
@@ -323,11 +311,10 @@ def evaluate(*, model_dir: str = gin.REQUIRED, tasks: list = gin.REQUIRED,
                                  progress_bar=False)
   results = _run_evaluators(evaluators, tr, state, batch_size, step, logger)
   logger.close()
-  out = os.path.join(model_dir, f'eval_{split}_{step}.json')
-  tmp = out + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump({'step': step, 'split': split, 'metrics': results}, f, indent=1)
-  os.replace(tmp, out)
+  run_files.atomic_write_text(
+      os.path.join(model_dir, f'eval_{split}_{step}.json'),
+      json.dumps({'step': step, 'split': split, 'metrics': results},
+                 indent=1))
   return results
 
 
