@@ -58,6 +58,10 @@ def parse_args(argv=None):
   p.add_argument('--repeats', type=int, default=1,
                  help='timed runs per system and setting; the best is kept')
   p.add_argument('--seed', type=int, default=0)
+  p.add_argument('--threads', type=int, default=None,
+                 help='torch threads (default: torch decides); for a '
+                 'one-core comparison on a loaded machine use 1 and run '
+                 'with XLA_FLAGS=--xla_cpu_multi_thread_eigen=false')
   args = p.parse_args(argv)
   if args.quick:
     args.batch, args.new_tokens = [8], [32]
@@ -127,23 +131,29 @@ def _on_event(event: str, duration: float, **_):
 
 
 def timed_pair(fns, repeats: int):
-  """Best-of-`repeats` seconds and last output of each function; the runs
-  alternate so that a burst of load from elsewhere hits both systems."""
-  best, outs = [float('inf')] * len(fns), [None] * len(fns)
+  """Best-of-`repeats` wall seconds, best process CPU seconds and last
+  output of each function; the runs alternate so that a burst of load from
+  elsewhere hits both systems."""
+  best = [float('inf')] * len(fns)
+  cpu = [float('inf')] * len(fns)
+  outs = [None] * len(fns)
   for _ in range(repeats):
     for i, fn in enumerate(fns):
-      start = time.perf_counter()
+      start, c = time.perf_counter(), time.process_time()
       outs[i] = fn()
       best[i] = min(best[i], time.perf_counter() - start)
-  return best, outs
+      cpu[i] = min(cpu[i], time.process_time() - c)
+  return best, cpu, outs
 
 
 def main(argv=None):
   args = parse_args(argv)
   import torch
+  if args.threads:
+    torch.set_num_threads(args.threads)
   print(f'jax {jax.__version__} on {jax.devices()[0].platform} '
         f'({os.cpu_count()} CPUs), torch {torch.__version__} with '
-        f'{torch.get_num_threads()} threads; float32; T5.1.1 small '
+        f'{torch.get_num_threads()} threads; T5.1.1 small '
         f'(8+8 layers, d_model 512, vocab 32128); source length '
         f'{args.source_len}; load average {os.getloadavg()[0]:.1f}',
         flush=True)
@@ -162,22 +172,22 @@ def main(argv=None):
         _compile_seconds[0] = 0.0
         run_rosetta(model, x, beams, n)           # compiles, then runs
         compile_s = _compile_seconds[0]
-        (t_ours, t_hf), (ours, theirs) = timed_pair(
+        (t_ours, t_hf), (c_ours, c_hf), (ours, theirs) = timed_pair(
             [lambda: run_rosetta(model, x, beams, n),
              lambda: run_hf(hf, x, beams, n)], args.repeats)
         same = np.mean([np.array_equal(a, c) for a, c in zip(ours, theirs)])
         row = (dtype, name, b, n, b * n / t_ours, b * n / t_hf,
-               t_hf / t_ours, compile_s, same)
+               t_hf / t_ours, c_hf / c_ours, compile_s, same)
         rows.append(row)
         print(f'  {dtype} {name} batch {b} new {n}: rosetta {t_ours:.2f}s, '
               f'hf {t_hf:.2f}s, compile {compile_s:.1f}s', flush=True)
 
   print('\n| dtype | strategy | batch | new tokens | Rosetta tok/s | HF tok/s '
-        '| Rosetta / HF | Rosetta compile s | same outputs |')
-  print('|---|---|---:|---:|---:|---:|---:|---:|---:|')
-  for dtype, name, b, n, ours, theirs, ratio, comp, same in rows:
+        '| Rosetta / HF | CPU-time ratio | Rosetta compile s | same outputs |')
+  print('|---|---|---:|---:|---:|---:|---:|---:|---:|---:|')
+  for dtype, name, b, n, ours, theirs, ratio, cpu, comp, same in rows:
     print(f'| {dtype} | {name} | {b} | {n} | {ours:.0f} | {theirs:.0f} | '
-          f'{ratio:.2f}x | {comp:.1f} | {same:.0%} |')
+          f'{ratio:.2f}x | {cpu:.2f}x | {comp:.1f} | {same:.0%} |')
   print(f'\nload average at the end: {os.getloadavg()[0]:.1f} '
         f'({os.cpu_count()} CPUs)')
 

@@ -288,11 +288,18 @@ class MultiHeadAttention(nnx.Module):
       raise ValueError(f'beam_ancestry {ancestry.shape} needs one query '
                        f'token per row and {n * beams} rows, got '
                        f'{q.shape[:2]}')
-    qg = q.reshape(n, beams, h, d)
+    # Dots batched over (group, cache row j, head): the cache's own layout,
+    # so XLA neither transposes nor converts the cache (a 'gihd,gjhld'
+    # einsum copied every layer's whole cache each step). The query, tiny,
+    # is broadcast over j instead.
     kg = k.reshape(n, beams, h, length, d)
     vg = v.reshape(n, beams, h, length, d)
-    scores = jnp.einsum('gihd,gjhld->gihjl', qg, kg,
+    qg = jnp.broadcast_to(
+        jnp.transpose(q.reshape(n, beams, h, d), (0, 2, 1, 3))[:, None],
+        (n, beams, h, beams, d))                      # (g, j, h, i, d)
+    scores = jnp.einsum('gjhid,gjhld->gjhil', qg.astype(k.dtype), kg,
                         preferred_element_type=jnp.float32)
+    scores = jnp.transpose(scores, (0, 3, 2, 1, 4))   # (g, i, h, j, l)
     keep = ancestry[:, :, None, None, :] == jnp.arange(beams)[:, None]
     if bias is not None:
       bias = jnp.broadcast_to(bias, (rows, h, 1, length))
@@ -303,8 +310,11 @@ class MultiHeadAttention(nnx.Module):
     scores = jnp.where(keep, scores, NEG_INF).reshape(n, beams, h, -1)
     probs = jax.nn.softmax(scores, axis=-1).reshape(n, beams, h, beams,
                                                     length)
-    ctx = jnp.einsum('gihjl,gjhld->gihd', probs.astype(self.dtype), vg)
-    return ctx.reshape(rows, 1, h, d)
+    probs = jnp.transpose(probs, (0, 3, 2, 1, 4))     # (g, j, h, i, l)
+    ctx = jnp.einsum('gjhil,gjhld->gjhid', probs.astype(self.dtype), vg,
+                     preferred_element_type=jnp.float32)
+    ctx = jnp.transpose(jnp.sum(ctx, axis=1), (0, 2, 1, 3))  # (g, i, h, d)
+    return ctx.astype(self.dtype).reshape(rows, 1, h, d)
 
 
 def _activation(name: str):
