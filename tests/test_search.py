@@ -139,3 +139,103 @@ def test_search_result_is_on_host():
   got = search.search(corpus, jax.numpy.eye(4), k=1)
   assert isinstance(got.indices, np.ndarray)
   np.testing.assert_array_equal(got.indices[:, 0], [0, 1, 2, 3])
+
+
+# --- Blocked scan: corpora larger than one block ---------------------------
+
+
+@pytest.mark.parametrize('mesh_name,corpus_axes', [('one_device', None),
+                                                   ('data4_model2', 'data')])
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+@pytest.mark.parametrize('k,block_rows', [(3, 200), (7, 300), (40, 128)])
+def test_blocked_scan_matches_brute_force(num_devices, mesh_name, corpus_axes,
+                                          dtype, k, block_rows):
+  """Many blocks per shard, ties everywhere (4-dim integer vectors), padding,
+  a last block overlapping the previous one (on 4 shards of 2001 rows
+  always, on one device with k < 40); k = 3 and 7 take the two-stage top-k,
+  k = 40 one top_k per block."""
+  rng = np.random.default_rng(k)
+  c, q = int_vectors(rng, 8001, 4), int_vectors(rng, 11, 4)
+  corpus = search.shard_corpus(c, MESHES[mesh_name](), dtype=dtype,
+                               corpus_axes=corpus_axes)
+  rows = corpus.rows_per_shard
+  blocks, block = search.scan_plan(rows, 8, k, block_rows)
+  assert blocks > 5 and (blocks * block > rows or k == 40)
+  assert (search._group_size(block, k) > 0) == (k < 40)
+  want_s, want_i = reference(q, c, k)
+  assert (np.diff(want_s, axis=1) == 0).mean() > 0.5, 'mostly ties'
+  got = search.search(corpus, q, k=k, batch_size=8, block_rows=block_rows)
+  np.testing.assert_array_equal(got.indices, want_i)
+  np.testing.assert_array_equal(got.scores, want_s.astype(np.float32))
+
+
+def test_ties_across_block_and_group_boundaries_go_to_the_lower_row():
+  c = np.zeros((1000, 3), np.float32)
+  copies = [5, 63, 64, 127, 128, 191, 500, 998]  # group / block edges
+  c[copies] = [1, 1, 0]
+  c[[700, 0]] = [2, 1, 0]                         # better, in far blocks
+  c[999] = [0, 0, 1]                              # in the overlapping block
+  corpus = search.shard_corpus(c)
+  blocks, block = search.scan_plan(1000, 2, 3, block_rows=128)
+  assert blocks == 8 and blocks * block > 1000
+  assert search._group_size(block, 3) > 0
+  got = search.search(corpus, np.array([[1, 1, 0], [0, 0, 1]], np.float32),
+                      k=9, block_rows=128)
+  np.testing.assert_array_equal(got.indices[0], [0, 700] + copies[:7])
+  np.testing.assert_array_equal(got.scores[0], [3, 3] + [2] * 7)
+  # All other rows score 0: the lowest rows win.
+  np.testing.assert_array_equal(got.indices[1], [999, 0, 1, 2, 3, 4, 5, 6, 7])
+
+
+@pytest.mark.parametrize('mesh_name,method', [
+    ('one_device', 'inverted_softmax'), ('data4_model2', 'csls')])
+def test_blocked_scan_keeps_hubness_corrections(num_devices, mesh_name,
+                                                method):
+  """CSLS (a running top-k of raw scores beside the corrected one) and
+  inverted softmax give the same ranking in one block and in many."""
+  from retrieval import hubness
+  rng = np.random.default_rng(5)
+  unit = lambda x: (x / np.linalg.norm(x, axis=1, keepdims=True)
+                    ).astype(np.float32)
+  c, q = unit(rng.normal(size=(6001, 16))), unit(rng.normal(size=(9, 16)))
+  corpus = search.shard_corpus(c, MESHES[mesh_name]())
+  corr = (hubness.csls(corpus, q, k=5) if method == 'csls' else
+          hubness.inverted_softmax(corpus, q, beta=10.0))
+  rows = corpus.rows_per_shard
+  blocks, block = search.scan_plan(rows, 9, 10, 400)
+  assert blocks > 1 and search._group_size(block, 10) > 0
+  one = search.search(corpus, q, k=10, correction=corr, block_rows=rows)
+  many = search.search(corpus, q, k=10, correction=corr, block_rows=400)
+  np.testing.assert_array_equal(many.indices, one.indices)
+  np.testing.assert_allclose(many.scores, one.scores, rtol=1e-6, atol=1e-6)
+
+
+def test_scan_plan_covers_every_row():
+  for rows in [1, 7, 100, 3200, 6399, 65536, 125_000, 1_000_000]:
+    for batch, k, cap in [(256, 100, None), (1024, 10, None), (8, 3, 97),
+                          (1, 1, None)]:
+      blocks, block = search.scan_plan(rows, batch, min(k, rows), cap)
+      assert 1 <= block <= rows and blocks * block >= rows
+      assert (blocks - 1) * block < rows       # no block wholly redundant
+      # blocks big enough for groups are cut to a multiple of one
+      if search._group_size(block, min(k, rows), divides=False):
+        assert search._group_size(block, min(k, rows)) > 0
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+def test_search_never_materialises_the_score_matrix(dtype):
+  """XLA's temporary buffers for one call stay far below both the [batch,
+  rows] float32 score matrix and a float32 copy of the corpus (XLA:CPU would
+  otherwise upcast a bf16 corpus inside the loop)."""
+  rows, d, batch, k = 1 << 20, 256, 256, 100
+  spec = jax.ShapeDtypeStruct
+  mesh = search.single_device_mesh()
+  blocks, block = search.scan_plan(rows, batch, k, dim=d)
+  fn = search._search_fn(mesh, tuple(mesh.axis_names), (), rows, rows, k, 0,
+                         False, blocks, block)
+  compiled = fn.lower(spec((d, batch), np.float32), spec((rows, d), dtype),
+                      spec((rows,), np.float32),
+                      spec((), np.float32)).compile()
+  temp = compiled.memory_analysis().temp_size_in_bytes
+  assert temp < batch * rows * 4 / 4
+  assert temp < rows * d * 4 / 2
