@@ -17,6 +17,14 @@ rate n^(1/T) (or annealing T from `anneal_from` to `temperature`). With
 FLORES present, every non-English pair (e.g. de->fr) is registered for
 zero-shot evaluation as `flores_translate_{src}_{tgt}`.
 `vocab_path='bytes'` uses seqio's byte vocabulary instead (no training).
+
+A pretrained model brings its own vocabulary: with `base_vocab_path` (e.g.
+mT5's `spiece.model`, or the HF checkpoint directory that holds it),
+`vocab_path` is written as a copy of it with the `<2xx>` tokens appended at
+the end (existing ids, and so the pretrained embeddings, unchanged). `model_vocab_size` (the embedding's rows) makes a
+vocabulary with more ids than the model has rows an error at setup: JAX
+would otherwise clamp the out-of-range ids silently. mT5 has 250,112 rows
+for 250,100 pieces, so English plus at most 11 languages fit.
 """
 
 from __future__ import annotations
@@ -52,12 +60,18 @@ def resolve_corpus(corpus: str) -> str:
 
 
 def build_vocabulary(path: str, corpus: str, languages, vocab_size: int,
-                     sentences_per_language: int | None = 20000
+                     sentences_per_language: int | None = 20000,
+                     base_vocab_path: str | None = None
                      ) -> seqio.Vocabulary:
   if path == 'bytes':
     return seqio.ByteVocabulary()
   all_langs = sorted({'en', *languages})
-  if not os.path.exists(path):
+  if not os.path.exists(path) and base_vocab_path:
+    if os.path.isdir(base_vocab_path):  # an HF checkpoint directory
+      base_vocab_path = os.path.join(base_vocab_path, 'spiece.model')
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    vocab_lib.add_language_tokens(base_vocab_path, all_langs, path)
+  elif not os.path.exists(path):
     texts = sources.training_texts(corpus, all_langs)
     sample = vocab_lib.balanced_sample(texts,
                                        per_language=sentences_per_language)
@@ -76,13 +90,22 @@ def setup(corpus: str = 'auto', languages=('de', 'fr', 'es', 'it'),
           vocab_path: str = gin.REQUIRED, vocab_size: int = 8000,
           temperature: float = 5.0, anneal_from: float | None = None,
           anneal_examples: int | None = None, zero_shot: bool = True,
-          mixture_name: str = 'nmt_mixture') -> NmtSetup:
+          mixture_name: str = 'nmt_mixture',
+          base_vocab_path: str | None = None,
+          model_vocab_size: int | None = None) -> NmtSetup:
   corpus = resolve_corpus(corpus)
   languages = [sources.language(l).code for l in languages]
   if 'en' in languages:
     raise ValueError("nmt.setup.languages: list the non-English languages; "
                      "English is the pivot of every direction")
-  vocabulary = build_vocabulary(vocab_path, corpus, languages, vocab_size)
+  vocabulary = build_vocabulary(vocab_path, corpus, languages, vocab_size,
+                                base_vocab_path=base_vocab_path)
+  if model_vocab_size is not None and vocabulary.vocab_size > model_vocab_size:
+    raise ValueError(
+        f'vocabulary {vocab_path} has {vocabulary.vocab_size} ids but the '
+        f'model has {model_vocab_size} embedding rows '
+        f'(nmt.setup.model_vocab_size): use fewer languages than '
+        f'{len(languages)} or a larger T5Config.vocab_size')
   directions = tasks.english_centric(languages)
   names = tasks.register_translation_tasks(vocabulary, corpus, directions)
   zs = []

@@ -76,12 +76,26 @@ class Translator:
     task = gin.query_parameter('train.task')
     self.vocabulary = (seqio.get_mixture_or_task(task)
                        .output_features['inputs'].vocabulary)
-    self.wrapper = models.EncoderDecoderModel()
-    self.trainer, state, self.step = runs._restore_for_inference(  # noqa
-        run_dir, self.wrapper, None, step)
-    self.network = self.trainer.network(state['params'])
-    self.pad_id = self.wrapper.config.pad_token_id
-    self.eos_id = self.wrapper.config.eos_token_id
+    wrapper = models.EncoderDecoderModel()
+    trainer, state, step = runs._restore_for_inference(  # noqa
+        run_dir, wrapper, None, step)
+    self._attach(trainer, wrapper, state['params'], step)
+
+  def _attach(self, trainer, wrapper, params, step):
+    self.wrapper, self.trainer, self.step = wrapper, trainer, step
+    self.network = trainer.network(params)
+    self.pad_id = wrapper.config.pad_token_id
+    self.eos_id = wrapper.config.eos_token_id
+
+  @classmethod
+  def from_params(cls, trainer, wrapper, params, vocabulary,
+                  step: int = 0) -> 'Translator':
+    """A Translator for parameters in memory (e.g. a benchmark's
+    snapshot of a `rosetta.trainer.Trainer` state), no run directory."""
+    self = cls.__new__(cls)
+    self.vocabulary = vocabulary
+    self._attach(trainer, wrapper, params, step)
+    return self
 
   def encode(self, text: str, target_lang: str, max_len: int) -> list[int]:
     from translation import tasks
