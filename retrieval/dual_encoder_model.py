@@ -281,13 +281,15 @@ def tokenize(texts: Sequence[str], vocabulary: seqio.Vocabulary,
 def network_from(model: DualEncoderModel, network_or_state,
                  partitioner: Partitioner) -> DualEncoder:
   """A DualEncoder with its params on `partitioner`'s mesh, from a network,
-  a train state {'params': ...} or a pure params dict."""
+  a train state {'params': ...} (with or without 'step' / 'opt_state': a
+  parameters-only restore, e.g. `runs._restore_for_inference`, gives just
+  {'params': ...}) or a pure params dict."""
   if isinstance(network_or_state, nnx.Module):
     graphdef, state = nnx.split(network_or_state)
   else:
     params = network_or_state
     if isinstance(params, Mapping) and 'params' in params and (
-        'step' in params or 'opt_state' in params):
+        set(params) <= {'params', 'step', 'opt_state'}):
       params = params['params']
     with partitioner.activate():
       abstract = nnx.eval_shape(lambda: model.make_network(nnx.Rngs(0)))

@@ -65,7 +65,12 @@ class EncoderDecoderModel:
                label_smoothing: float = 0.0, z_loss: float = 1e-4,
                max_decode_length: int = 64, num_beams: int = 1,
                alpha: float = 0.6, beta: float = 0.0,
-               length_penalty: str = 'gnmt'):
+               length_penalty: str = 'gnmt', processors=None):
+    """processors: an optional zero-argument callable returning logits
+    processors that every `predict_batch` applies (after any passed to it),
+    e.g. `@dsi_tasks.processors_for` so evaluation decodes only docids. It
+    is called at predict time because tasks (and their tries) are
+    registered after gin builds the model."""
     self.config = config if config is not None else T5Config()
     if not 0.0 <= label_smoothing < 1.0:
       raise ValueError('EncoderDecoderModel.label_smoothing must be in [0, 1)')
@@ -74,6 +79,10 @@ class EncoderDecoderModel:
     self.max_decode_length = max_decode_length
     self.num_beams = num_beams
     self.alpha, self.beta, self.length_penalty = alpha, beta, length_penalty
+    if processors is not None and not callable(processors):
+      raise TypeError('EncoderDecoderModel.processors must be a zero-argument'
+                      f' callable returning processors, got {processors!r}')
+    self.processors = processors
 
   # ------------------------------------------------------------- network ---
   def make_network(self, rngs: nnx.Rngs) -> EncoderDecoder:
@@ -138,7 +147,8 @@ class EncoderDecoderModel:
     """Best decode per example: (b, max_decode_length) tokens (and its
     score with `return_scores`). `overrides` replace the wrapper's decoding
     settings (num_beams, alpha, beta, length_penalty, max_decode_length);
-    `processors` are logits processors, e.g. a forced language token."""
+    `processors` are logits processors, e.g. a forced language token; the
+    wrapper's own `processors()` are appended."""
     kw = dict(max_decode_length=self.max_decode_length,
               num_beams=self.num_beams, alpha=self.alpha, beta=self.beta,
               length_penalty=self.length_penalty)
@@ -147,6 +157,8 @@ class EncoderDecoderModel:
       raise TypeError(f'predict_batch: unknown decoding options '
                       f'{sorted(unknown)}; known: {sorted(kw)}')
     kw.update(overrides)
+    if self.processors is not None:
+      processors = tuple(processors) + tuple(self.processors())
     enc = batch['encoder_input_tokens']
     if kw['num_beams'] <= 1:
       tokens, scores = decoding.greedy(

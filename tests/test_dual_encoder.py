@@ -272,6 +272,10 @@ def test_make_encode_fn(mesh_data8):
   np.testing.assert_allclose(got, want, atol=1e-5)
   query = dem.make_encode_fn(model, net, vocab, 12, 8, mesh_data8, 'query')
   assert not np.allclose(query(texts[:3]), got[:3])
+  # A parameters-only restore ({'params': ...}, no step) works the same.
+  params_only = dem.make_encode_fn(model, {'params': state['params']}, vocab,
+                                   12, 8, mesh_data8, 'doc')
+  np.testing.assert_array_equal(params_only(texts), got)
   assert encode_docs([]).shape == (0, 8)
   with pytest.raises(ValueError, match='multiple of the data-parallel'):
     dem.make_encode_fn(model, state, vocab, 12, 4, mesh_data8)
