@@ -14,9 +14,29 @@ import os
 from typing import Sequence
 
 import gin
+from gin import config as gin_config
+from gin import resource_reader
 
 GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), 'gin')
+
+
+def _system_path_file_exists(path: str) -> bool:
+  """gin's check for an include inside a Python package, minus a crash:
+  for `include 'runs/train.gin'` gin asks importlib for a package `runs`,
+  and a plain `runs/` folder (run directories) in the working directory is
+  a namespace package with no origin, so gin's own check raised TypeError
+  and every parse from the repository root failed."""
+  try:
+    return resource_reader.system_path_file_exists(path)
+  except TypeError:
+    return False
+
+
+gin_config._FILE_READERS[:] = [  # pylint: disable=protected-access
+    (reader, _system_path_file_exists
+     if check is resource_reader.system_path_file_exists else check)
+    for reader, check in gin_config._FILE_READERS]  # pylint: disable=protected-access
 
 
 def resolve(path: str) -> str:

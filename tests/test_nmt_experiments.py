@@ -115,8 +115,8 @@ PIECES = 800    # the stand-in spiece.model (mT5: 250,100; 256 byte pieces)
 def mt5_dir(tmp_path_factory):
   """A tiny random MT5 saved by transformers, beside a tiny spiece.model
   with mT5's conventions (pad 0, eos 1, unk 2, no <2xx> pieces)."""
-  import torch
-  import transformers
+  torch = pytest.importorskip('torch')
+  transformers = pytest.importorskip('transformers')
   d = tmp_path_factory.mktemp('mt5')
   texts = sources.training_texts('django', ['en', 'de', 'fr'])
   vocab_lib.train_sentencepiece(
@@ -146,6 +146,7 @@ def mt5_bindings(mt5_dir, tmp_path, languages=('de', 'fr')):
           *TINY[:-1]]   # the experiment's bfloat16 activations stay
 
 
+@pytest.mark.peers
 def test_mt5_finetune_experiment_parses(mt5_dir, tmp_path):
   gin_utils.parse(['experiments/mt5_finetune_tatoeba.gin'], finalize=False)
   assert gin.query_parameter('nmt.setup.corpus') == 'tatoeba'
@@ -162,6 +163,7 @@ def test_mt5_finetune_experiment_parses(mt5_dir, tmp_path):
     runs.task_setup()
 
 
+@pytest.mark.peers
 def test_mt5_finetune_trains_from_hf_checkpoint(mt5_dir, tmp_path):
   run_dir = str(tmp_path / 'run')
   bindings = mt5_bindings(mt5_dir, tmp_path) + [
@@ -200,3 +202,16 @@ def test_mt5_finetune_trains_from_hf_checkpoint(mt5_dir, tmp_path):
   out = t.translate(['Save and continue editing'], 'de', beam_size=1,
                     max_length=8)
   assert len(out) == 1 and isinstance(out[0], str)
+
+
+def test_experiments_parse_beside_a_runs_folder(tmp_path, monkeypatch):
+  """Run directories live in `runs/` (README); from that working directory
+  (on sys.path under `python -m`), `include 'runs/train.gin'` made gin's
+  package lookup crash on the namespace package `runs`."""
+  import importlib
+  (tmp_path / 'runs' / 'main').mkdir(parents=True)
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.syspath_prepend(str(tmp_path))
+  importlib.invalidate_caches()
+  for name in ('nmt_cpu_small', 'tatoeba_21', 'mt5_finetune_tatoeba'):
+    gin_utils.parse([f'experiments/{name}.gin'], finalize=False)
