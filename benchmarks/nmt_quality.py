@@ -21,9 +21,12 @@ Tatoeba directions English <-> each of `--languages`, with:
               packing); the peer (no packing in HF T5): length-bucketed
               batches padded to their longest, with the same number of
               padded positions per step (benchmarks/hf_t5_peer.py)
-  time        the same wall-clock budget on the same CPU, interleaved in
-              chunks (`--chunk_s`) so machine load hits both alike;
-              Rosetta's compile time counts against its budget
+  time        the same budget of process CPU seconds spent in training
+              steps (all threads; waiting for a core held by other jobs does
+              not count, so machine load hits both alike). Both train at
+              once, Rosetta on core 0 (one XLA thread) and the peer on core
+              1 (one torch thread), synchronised every `--chunk_s` CPU
+              seconds; Rosetta's compile time counts against its budget
   decoding    greedy by default (or `--beam N`, HF length penalty in both,
               which give identical outputs on identical weights)
 
@@ -37,13 +40,15 @@ sacreBLEU BLEU / chrF (translation.metrics). One table is printed
 are written to `--output` (JSON, atomically).
 
     python benchmarks/nmt_quality.py --quick          # ~5 min smoke test
-    python benchmarks/nmt_quality.py                  # 15/30/60/120 min each
+    python benchmarks/nmt_quality.py                  # 15/30/60/120 CPU min
+    python benchmarks/nmt_quality.py --budgets 5,10,20,40 --deadline 12:40
     python benchmarks/nmt_quality.py --languages de,fr --budgets 5,10 \\
         --gin 'encoder_decoder.T5Config.num_encoder_layers = 4'
 
 Outside CI: it measures, it asserts nothing. The full default run trains
-each system for 120 minutes (4 hours in all) plus evaluation; run it on a
-quiet machine (the 'cores busy' column shows what each system really got).
+each system for 120 CPU minutes (2 hours on an idle 2-core machine) plus
+evaluation; the 'CPU s per wall s' column shows the share of its core each
+system really got.
 """
 
 from __future__ import annotations
@@ -88,11 +93,18 @@ def parse_args(argv=None):
   p.add_argument('--max_decode', default='64,128',
                  help='max new tokens: Tatoeba,FLORES')
   p.add_argument('--chunk_s', type=float, default=60.0,
-                 help='seconds one system trains before the other takes over')
+                 help='CPU seconds per round (systems synchronise after '
+                 'each round)')
+  p.add_argument('--deadline', default=None, metavar='HH:MM',
+                 help='UTC time by which training must stop (then one more '
+                 'common mark at the last round all systems finished)')
+  p.add_argument('--no_pin', dest='pin', action='store_false',
+                 help='do not pin Rosetta to core 0 and the peer to core 1 '
+                 '(one thread each); both then use --threads')
   p.add_argument('--peer_init', choices=('hf', 'rosetta'), default='hf',
                  help="peer's initial weights: its own init, or Rosetta's")
   p.add_argument('--threads', type=int, default=os.cpu_count(),
-                 help='torch threads (XLA uses all cores)')
+                 help='torch threads with --no_pin (XLA uses all cores)')
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--workdir', default='runs/nmt_quality',
                  help='vocabulary and results go here')
@@ -111,6 +123,16 @@ def parse_args(argv=None):
   if bad or not args.systems:
     p.error(f'--systems: {sorted(bad)} not in {SYSTEMS}')
   args.output = args.output or os.path.join(args.workdir, 'results.json')
+  args.pin = args.pin and len(os.sched_getaffinity(0)) >= 2
+  if args.pin:
+    args.rosetta_core, args.peer_core = sorted(os.sched_getaffinity(0))[:2]
+    args.threads = 1
+  else:
+    args.rosetta_core = args.peer_core = None
+  if args.deadline:
+    now = datetime.datetime.now(datetime.timezone.utc)
+    hh, mm = (int(x) for x in args.deadline.split(':'))
+    args.deadline = now.replace(hour=hh, minute=mm, second=0).timestamp()
   return args
 
 
@@ -152,11 +174,13 @@ def eval_sets(languages, n):
 
 
 class RosettaSystem:
-  """Rosetta's Trainer and InputPipeline (packed seqio batches)."""
+  """Rosetta's Trainer and InputPipeline (packed seqio batches), in this
+  process."""
 
-  def __init__(self, cfg, setup, conf, seed):
-    from rosetta import data, models, optimizers, partitioning, trainer
+  def __init__(self, cfg, setup, conf, args):
     import jax
+    import hf_t5_peer
+    from rosetta import data, models, optimizers, partitioning, trainer
     sched = optimizers.learning_rate_schedule('constant', conf['lr'],
                                               conf['warmup'])
     self.wrapper = models.EncoderDecoderModel(cfg, z_loss=0.0,
@@ -168,111 +192,205 @@ class RosettaSystem:
             conf['optimizer'], sched, grad_clip_norm=None, weight_decay=0.0,
             b1=0.9, b2=0.999, adafactor_decay_rate=0.8,
             adafactor_clipping_threshold=1.0, adafactor_momentum=None),
-        sched, seed=seed)
+        sched, seed=args.seed)
     self.state = self.trainer.init_state()
     self.pipeline = data.InputPipeline(
         setup.mixture, split='train', task_feature_lengths=conf['lengths'],
-        global_batch_size=conf['batch_size'], partitioner=part, seed=seed)
+        global_batch_size=conf['batch_size'], partitioner=part,
+        seed=args.seed)
     self.num_params = int(sum(x.size for x in
                               jax.tree.leaves(self.state['params'])))
     self.vocabulary = setup.vocabulary
+    self.clock = hf_t5_peer.BudgetClock(args.budget_s)
+    self.until = 0.0
 
   def initial_hf_weights(self) -> dict:
-    from rosetta import checkpoint_import
     import jax
+    from rosetta import checkpoint_import
     return checkpoint_import.rosetta_to_hf(
         self.trainer.network(jax.device_get(self.state['params'])))
 
-  def step(self) -> tuple[float, int]:
+  def _step(self):
     import jax
     self.state, m = self.trainer.train_step(self.state, next(self.pipeline))
     m = jax.device_get(m)   # blocks: the clock sees the finished step
     return float(m['loss']), int(m['num_tokens'])
 
-  def snapshot(self):
+  def _snapshot(self):
     import jax
     return jax.device_get(self.state['params'])
 
-  def translator(self, params, step):
+  def start(self, until_s):
+    self.until = until_s
+
+  def finish(self):
+    self.clock.run(self._step, self._snapshot, self.until)
+    return self.clock.state()
+
+  def mark(self, budget_s):
+    self.clock.mark(budget_s, self._snapshot)
+    return self.clock.state()
+
+  def translate_start(self, *a, **kw):
+    self.pending = self.translate(*a, **kw)
+
+  def translate_finish(self):
+    return self.pending
+
+  def translate(self, snap, lines, tgt, *, beam, alpha, max_length):
     import jax
     from translation import translate
-    params = jax.device_put(params, self.trainer.param_shardings)
-    return translate.Translator.from_params(self.trainer, self.wrapper,
-                                            params, self.vocabulary, step)
+    params = jax.device_put(self.clock.payloads[snap],
+                            self.trainer.param_shardings)
+    tr = translate.Translator.from_params(self.trainer, self.wrapper, params,
+                                          self.vocabulary)
+    return tr.translate(lines, tgt, beam_size=beam, alpha=alpha,
+                        length_penalty='hf', max_length=max_length)
+
+  def close(self):
+    pass
 
 
 class PeerSystem:
-  """HF transformers T5.1.1 on length-bucketed batches of the same mixture."""
+  """HF transformers T5.1.1 in a child process (hf_t5_peer.serve), fed the
+  same mixture's examples; only one system computes at a time."""
 
-  def __init__(self, cfg, setup, conf, seed, threads, init_from=None):
+  POOL = 4096
+
+  def __init__(self, cfg, setup, conf, args, init_from=None):
+    import multiprocessing
+    import dataclasses
     import seqio
     import hf_t5_peer
-    self.peer = hf_t5_peer.HFPeer(cfg, lr=conf['lr'],
-                                  warmup_steps=conf['warmup'],
-                                  optimizer=conf['optimizer'],
-                                  threads=threads, seed=seed,
-                                  init_from=init_from)
     ds = seqio.get_mixture_or_task(setup.mixture).get_dataset(
-        conf['lengths'], split='train', shuffle=True, seed=seed,
+        conf['lengths'], split='train', shuffle=True, seed=args.seed,
         num_epochs=None)
-    examples = ({'inputs': e['inputs'], 'targets': e['targets']}
-                for e in ds.as_numpy_iterator())
-    max_tokens = conf['batch_size'] * max(conf['lengths'].values())
-    self.batches = hf_t5_peer.token_batches(examples, max_tokens, seed=seed)
-    self.num_params = self.peer.num_params
+    self.examples = ((e['inputs'], e['targets'])
+                     for e in ds.as_numpy_iterator())
     self.vocabulary = setup.vocabulary
+    self.eos = cfg.eos_token_id
+    init = dict(cfg=dataclasses.asdict(cfg), lr=conf['lr'],
+                warmup_steps=conf['warmup'], threads=args.threads,
+                optimizer=conf['optimizer'], seed=args.seed,
+                init_from=init_from)
+    ctx = multiprocessing.get_context('spawn')   # no TF / JAX in the child
+    self.conn, child = ctx.Pipe()
+    self.proc = ctx.Process(
+        target=hf_t5_peer.serve, daemon=True,
+        args=(child, init, args.budget_s,
+              conf['batch_size'] * max(conf['lengths'].values()),
+              args.seed, args.peer_core))
+    self.proc.start()
+    info = self._reply()
+    self.num_params, self.untied = info['num_params'], info['untied']
+    self.buffered, self.consumed = 0, 0
+    self.state = dict(clock=0.0, wall=0.0, steps=0, snaps=[])
 
-  def step(self) -> tuple[float, int]:
-    batch = next(self.batches)
-    return self.peer.train_step(batch), batch.target_tokens
+  def _reply(self):
+    status, value = self.conn.recv()
+    if status == 'error':
+      raise RuntimeError(f'peer process: {value}')
+    return value
 
-  def snapshot(self):
-    return self.peer.snapshot()
+  def _call(self, cmd, arg=None):
+    self.conn.send((cmd, arg))
+    return self._reply()
 
-  def translator(self, params, step):
-    self.peer.load(params)
-    return self
+  def _feed(self, n):
+    """Sends n more examples (tokenised here, where TF lives)."""
+    self.buffered = self._call('feed', [next(self.examples)
+                                        for _ in range(n)])
+
+  def start(self, until_s):
+    """Tops up the child's examples (1.5 rounds' worth), then lets it train
+    until its clock reaches `until_s` while this process trains Rosetta."""
+    want = max(2 * self.POOL, int(1.5 * self.consumed))
+    if self.buffered < want:
+      self._feed(want - self.buffered)
+    self.until, self.before = until_s, self.buffered
+    self.conn.send(('train', until_s))
+
+  def finish(self):
+    while True:
+      starved, self.state = self._reply()
+      self.buffered = self.state['buffered']
+      if not starved:
+        break
+      self.before += self.POOL
+      self._feed(self.POOL)
+      self.conn.send(('train', self.until))
+    self.consumed = self.before - self.buffered
+    return self.state
+
+  def mark(self, budget_s):
+    self.state = self._call('mark', budget_s)
+    return self.state
+
+  def translate_start(self, snap, lines, tgt, *, beam, alpha, max_length):
+    from translation import tasks
+    encoded = [tasks.encode_source(self.vocabulary, s, tgt)[:255] + [self.eos]
+               for s in lines]   # as Translator.encode (max_input_length 256)
+    self.conn.send(('generate', (snap, encoded, dict(
+        beam_size=beam, alpha=alpha, max_length=max_length))))
+
+  def translate_finish(self):
+    return [self.vocabulary.decode(x) for x in self._reply()]
+
+  def close(self):
+    if self.proc.is_alive():
+      try:
+        self.conn.send(('close', None))
+        if self.conn.poll(60):
+          self.conn.recv()
+      except (OSError, EOFError):
+        pass   # the child is gone already
+      self.proc.join(timeout=10)
+    if self.proc.is_alive():
+      self.proc.terminate()   # our own child, by handle
 
 
 # ------------------------------------------------------------- training ---
 def train(systems, args, log):
-  """Interleaved training; returns {system: [snapshot record per budget]}."""
-  clock = {k: 0.0 for k in systems}
-  cpu = {k: 0.0 for k in systems}
-  steps = {k: 0 for k in systems}
-  tokens = {k: 0 for k in systems}
-  recent = {k: [] for k in systems}
-  snaps = {k: [] for k in systems}
+  """Rounds in which all systems train at once (the peer in its process,
+  Rosetta in this one) until each clock reaches the round's target, `chunk_s`
+  CPU seconds further; stops at the last mark, or at `--deadline` with one
+  more common mark at the last target all systems reached. Returns
+  {system: [metadata per budget mark]}."""
   end = args.budget_s[-1]
-  while any(clock[k] < end for k in systems):
+  target, last_round = 0.0, 0.0
+  state = {k: dict(clock=0.0, wall=0.0, steps=0, snaps=[]) for k in systems}
+  while target < end:
+    if args.deadline and time.time() + last_round > args.deadline:
+      log(f'deadline: stopping at {target / 60:.1f} CPU min')
+      for k, system in systems.items():
+        marks = [round(s['budget_min'], 6) for s in state[k]['snaps']]
+        if target > 0 and round(target / 60, 6) not in marks:
+          state[k] = system.mark(target)
+      break
+    target = min(end, target + args.chunk_s)
+    t0 = time.time()
+    for system in systems.values():
+      system.start(target)
     for k, system in systems.items():
-      if clock[k] >= end:
-        continue
-      chunk_start = time.perf_counter()
-      c0 = time.process_time()
-      while clock[k] < end and time.perf_counter() - chunk_start < args.chunk_s:
-        t = time.perf_counter()
-        loss, n = system.step()
-        clock[k] += time.perf_counter() - t
-        steps[k] += 1
-        tokens[k] += n
-        recent[k] = (recent[k] + [loss])[-50:]
-        mark = args.budget_s[len(snaps[k])] if len(snaps[k]) < len(
-            args.budget_s) else None
-        if mark is not None and clock[k] >= mark:
-          snaps[k].append(dict(
-              budget_min=mark / 60, step=steps[k], train_s=clock[k],
-              target_tokens=tokens[k], loss=sum(recent[k]) / len(recent[k]),
-              params=system.snapshot()))
-          log(f'{LABEL[k]}: {mark / 60:g} min mark at step {steps[k]}, '
-              f'loss {snaps[k][-1]["loss"]:.3f}')
-      cpu[k] += time.process_time() - c0
-    log('clock ' + ', '.join(f'{LABEL[k]} {clock[k]:.0f}s/{steps[k]} steps'
-                             for k in systems)
+      seen = len(state[k]['snaps'])
+      state[k] = system.finish()
+      for snap in state[k]['snaps'][seen:]:
+        log(f'{LABEL[k]}: {snap["budget_min"]:g} min mark at step '
+            f'{snap["step"]}, loss {snap["loss"]:.3f}')
+    last_round = time.time() - t0
+    log('clock ' + ', '.join(
+        f'{LABEL[k]} {state[k]["clock"]:.0f} CPU s ({state[k]["wall"]:.0f} '
+        f'wall s)/{state[k]["steps"]} steps' for k in systems)
         + f'; load {os.getloadavg()[0]:.1f}')
+  # Keep the marks every system reached.
+  common = set.intersection(*({round(s['budget_min'], 6)
+                               for s in state[k]['snaps']} for k in systems))
+  snaps = {}
   for k in systems:
-    for s in snaps[k]:
-      s['cpu_s_per_train_s'] = cpu[k] / clock[k]   # whole run: cores busy
+    share = state[k]['clock'] / max(state[k]['wall'], 1e-9)
+    snaps[k] = [dict(s, index=i, cpu_s_per_wall_s=share)
+                for i, s in enumerate(state[k]['snaps'])
+                if round(s['budget_min'], 6) in common]
   return snaps
 
 
@@ -280,29 +398,26 @@ def train(systems, args, log):
 def evaluate(systems, snaps, sets, args, log):
   from translation import metrics
   rows = []
-  for k, system in systems.items():
-    for snap in snaps[k]:
-      tr = system.translator(snap['params'], snap['step'])
-      t0 = time.time()
-      for (corpus, direction), pairs in sets.items():
-        tgt = direction.split('-')[1]
-        max_len = args.max_tatoeba if corpus == 'tatoeba' else args.max_flores
-        src = [s for s, _ in pairs]
-        if k == 'rosetta':
-          hyps = tr.translate(src, tgt, beam_size=args.beam,
-                              alpha=args.alpha, length_penalty='hf',
-                              max_length=max_len)
-        else:
-          hyps = tr.peer.translate(src, tgt, system.vocabulary,
-                                   beam_size=args.beam, alpha=args.alpha,
+  first = next(iter(systems))
+  for j in range(len(snaps[first])):    # the same marks in every system
+    t0 = time.time()
+    for (corpus, direction), pairs in sets.items():
+      tgt = direction.split('-')[1]
+      max_len = args.max_tatoeba if corpus == 'tatoeba' else args.max_flores
+      # The peer decodes in its process while Rosetta decodes in this one.
+      for k in sorted(systems, key=lambda k: k != 'peer'):
+        systems[k].translate_start(snaps[k][j]['index'],
+                                   [s for s, _ in pairs], tgt,
+                                   beam=args.beam, alpha=args.alpha,
                                    max_length=max_len)
+      for k, system in systems.items():
+        hyps = system.translate_finish()
         s = metrics.corpus_scores(hyps, [r for _, r in pairs], tgt)
-        rows.append(dict(system=k, budget_min=snap['budget_min'],
+        rows.append(dict(system=k, budget_min=snaps[k][j]['budget_min'],
                          corpus=corpus, direction=direction, n=len(pairs),
-                         chrf=s['chrf'], bleu=s['bleu'],
-                         sample=hyps[0]))
-      log(f'evaluated {LABEL[k]} at {snap["budget_min"]:g} min '
-          f'({time.time() - t0:.0f}s)')
+                         chrf=s['chrf'], bleu=s['bleu'], sample=hyps[0]))
+    log(f'evaluated the {snaps[first][j]["budget_min"]:g} min snapshots '
+        f'({time.time() - t0:.0f}s)')
   return rows
 
 
@@ -359,15 +474,17 @@ def table(rows, snaps, systems) -> str:
       if len(vals) == len(systems):
         line(f'**avg {g}**', '', b, vals)
   out.append('')
-  out.append('| system | min | steps | target tokens | tokens/s | train loss '
-             '(last 50 steps) | cores busy |')
-  out.append('|---|---:|---:|---:|---:|---:|---:|')
+  out.append('| system | CPU min | steps | target tokens | tokens per '
+             'CPU s | train loss (last 50 steps) | wall min | CPU s per '
+             'wall s |')
+  out.append('|---|---:|---:|---:|---:|---:|---:|---:|')
   for k in systems:
     for s in snaps[k]:
       out.append(f'| {LABEL[k]} | {s["budget_min"]:g} | {s["step"]} | '
                  f'{s["target_tokens"]:,} | '
                  f'{s["target_tokens"] / s["train_s"]:,.0f} | '
-                 f'{s["loss"]:.3f} | {s["cpu_s_per_train_s"]:.2f} |')
+                 f'{s["loss"]:.3f} | {s["wall_s"] / 60:.1f} | '
+                 f'{s["cpu_s_per_wall_s"]:.2f} |')
   return '\n'.join(out)
 
 
@@ -395,6 +512,12 @@ def cpu_model() -> str:
 def main(argv=None) -> int:
   args = parse_args(argv)
   started = time.time()
+  if args.pin:   # before JAX starts: one core, one XLA thread
+    import hf_t5_peer
+    hf_t5_peer.pin(args.rosetta_core)
+    os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_cpu'
+                               '_multi_thread_eigen=false intra_op_parallel'
+                               'ism_threads=1').strip()
 
   def log(msg):
     print(f'[{time.time() - started:6.0f}s] {msg}', flush=True)
@@ -424,30 +547,32 @@ def main(argv=None) -> int:
 
   systems = {}
   init_from = None
-  if 'rosetta' in args.systems:
-    systems['rosetta'] = RosettaSystem(cfg, setup, conf, args.seed)
-    if args.peer_init == 'rosetta':
-      init_from = systems['rosetta'].initial_hf_weights()
-  if 'peer' in args.systems:
-    systems['peer'] = PeerSystem(cfg, setup, conf, args.seed, args.threads,
-                                 init_from)
-    if not systems['peer'].peer.untied:
-      raise RuntimeError('peer lm_head is still tied to the embedding')
-  log('parameters: ' + ', '.join(f'{LABEL[k]} {s.num_params:,}'
-                                 for k, s in systems.items()))
-  load_start = os.getloadavg()[0]
-  snaps = train(systems, args, log)
-  rows = evaluate(systems, snaps, sets, args, log)
+  try:
+    if 'rosetta' in args.systems:
+      systems['rosetta'] = RosettaSystem(cfg, setup, conf, args)
+      if args.peer_init == 'rosetta':
+        init_from = systems['rosetta'].initial_hf_weights()
+    if 'peer' in args.systems:
+      systems['peer'] = PeerSystem(cfg, setup, conf, args, init_from)
+      if not systems['peer'].untied:
+        raise RuntimeError('peer lm_head is still tied to the embedding')
+    log('parameters: ' + ', '.join(f'{LABEL[k]} {s.num_params:,}'
+                                   for k, s in systems.items()))
+    load_start = os.getloadavg()[0]
+    snaps = train(systems, args, log)
+    rows = evaluate(systems, snaps, sets, args, log)
+  finally:
+    for system in systems.values():
+      system.close()
   text = table(rows, snaps, list(systems))
   print('\n' + text + '\n')
-  import jax
-  import torch
-  import transformers
+  from importlib import metadata
   meta = dict(
       date=str(datetime.date.today()), cpu=cpu_model(), cores=os.cpu_count(),
       load_average_start=load_start, load_average_end=os.getloadavg()[0],
-      jax=jax.__version__, torch=torch.__version__,
-      transformers=transformers.__version__, args=vars(args),
+      versions={p: metadata.version(p) for p in ('jax', 'torch',
+                                                 'transformers')},
+      args=vars(args),
       model={k: getattr(cfg, k) for k in (
           'vocab_size', 'emb_dim', 'num_heads', 'head_dim', 'mlp_dim',
           'num_encoder_layers', 'num_decoder_layers', 'dropout_rate',
@@ -456,9 +581,7 @@ def main(argv=None) -> int:
       optimizer=conf['optimizer'], lr=conf['lr'],
       warmup=conf['warmup'], vocabulary=vocab_path,
       params={k: s.num_params for k, s in systems.items()})
-  training = {k: [{f: v for f, v in s.items() if f != 'params'}
-                  for s in snaps[k]] for k in systems}
-  write_json(args.output, dict(meta=meta, training=training, results=rows,
+  write_json(args.output, dict(meta=meta, training=snaps, results=rows,
                                table=text))
   log(f'results written to {args.output}')
   return 0
