@@ -22,36 +22,8 @@ from flax import nnx
 
 from rosetta import decoding
 from rosetta.encoder_decoder import EncoderDecoder, T5Config
+from rosetta.losses import cross_entropy_with_logits  # noqa: F401 (re-export)
 from rosetta.partitioning import Partitioner
-
-
-def cross_entropy_with_logits(logits, targets, weights, *,
-                              label_smoothing: float = 0.0,
-                              z_loss: float = 0.0):
-  """Per-token cross entropy (t5x style) with label smoothing and z-loss.
-
-  logits (b, l, v) float32; targets (b, l) ints; weights (b, l).
-  Label smoothing puts `1 - ls` on the target and spreads `ls` over the
-  other v - 1 tokens; the entropy of that distribution is subtracted, so a
-  perfect prediction scores 0. z-loss adds `z_loss * log(Z)**2`, which keeps
-  the softmax normaliser near 1 (PaLM; stabilises bfloat16 training).
-  Returns (loss, z_loss_part), both (b, l), already multiplied by weights.
-  """
-  v = logits.shape[-1]
-  log_z = jax.nn.logsumexp(logits, axis=-1)
-  log_probs = logits - log_z[..., None]
-  target_lp = jnp.take_along_axis(log_probs, targets[..., None], -1)[..., 0]
-  if label_smoothing:
-    confidence = 1.0 - label_smoothing
-    low = label_smoothing / (v - 1)
-    # -sum_j q_j log p_j with q = low everywhere but confidence at target.
-    loss = -(confidence - low) * target_lp - low * jnp.sum(log_probs, -1)
-    loss -= -(confidence * np.log(confidence) +
-              (v - 1) * low * np.log(low + 1e-20))
-  else:
-    loss = -target_lp
-  z = z_loss * jnp.square(log_z)
-  return (loss + z) * weights, z * weights
 
 
 @gin.configurable

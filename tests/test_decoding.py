@@ -553,3 +553,22 @@ def test_bfloat16_decoding_casts_weights_once_and_agrees(tiny_model):
   ref, _ = decoding.beam_search(tiny_model, x, num_beams=3,
                                 max_decode_length=10)
   np.testing.assert_array_equal(ours, ref)
+
+
+def test_log_softmax_matches_jax_on_one_device_and_vocab_sharded(
+    mesh_data4_model2):
+  """The decoders' log-softmax (max by top_k, unsharded; by a reduction
+  when the mesh splits the vocabulary) equals jax.nn.log_softmax."""
+  x = jnp.asarray(np.random.default_rng(0).normal(0, 4, (8, 50)),
+                  jnp.float32)
+  want = np.asarray(jax.nn.log_softmax(x, -1))
+  np.testing.assert_allclose(jax.jit(decoding.log_softmax)(x), want,
+                             atol=1e-6)
+  part = partitioning.Partitioner(mesh_data4_model2)
+  with part.activate():
+    assert decoding._vocab_sharded(50)   # pylint: disable=protected-access
+    hlo = jax.jit(decoding.log_softmax).lower(x).as_text()
+    np.testing.assert_allclose(jax.jit(decoding.log_softmax)(x), want,
+                               atol=1e-6)
+  assert 'top_k' not in hlo.lower() and 'topk' not in hlo.lower()
+  assert not decoding._vocab_sharded(50)  # pylint: disable=protected-access

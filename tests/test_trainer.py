@@ -73,8 +73,13 @@ def test_gradient_accumulation_equals_big_batch(mesh_data4_model2, name):
                                rtol=1e-5)
     np.testing.assert_allclose(float(m1['grad_norm']),
                                float(m2['grad_norm']), rtol=1e-4)
+  # Adam divides by sqrt(v): a gradient component near zero turns float
+  # rounding of the two summation orders into up to ~1% of one lr-sized
+  # (1e-2) step; a wrong accumulation (e.g. a missing normalizer) moves
+  # parameters by a whole step.
+  atol = 1e-4 if name == 'adamw' else 2e-5
   for a, b in zip(jax.tree.leaves(s1['params']), jax.tree.leaves(s2['params'])):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=atol)
 
 
 def test_same_losses_on_two_meshes(mesh_data8, mesh_data2_model4):
