@@ -58,3 +58,14 @@ def test_table_and_json(tmp_path):
   fn = metrics.metric_fn_for('de')
   out = fn(REFS_DE, HYPS_DE)
   assert out['off_target'] == 25.0 and out['bleu'] == en_de.bleu
+
+
+def test_main_job_zero_shot_directions_are_real_pairs():
+  """Non-English ring pairs only; never src == tgt (a one-language run
+  used to evaluate a 'de-de' direction)."""
+  from translation.main_job import zero_shot_directions
+  assert zero_shot_directions(['de']) == []
+  assert zero_shot_directions(['en', 'de']) == []
+  assert zero_shot_directions(['de', 'fr']) == [('de', 'fr'), ('fr', 'de')]
+  assert zero_shot_directions(['de', 'fr', 'es']) == [
+      ('de', 'fr'), ('fr', 'es'), ('es', 'de')]

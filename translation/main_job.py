@@ -49,11 +49,22 @@ def eval_directions(setup, n: int):
     pairs = sources.direction_splits(setup.corpus, src, tgt)()['test']
     out[f'{src}-{tgt}'] = list(pairs)[:n]
   if sources.available('flores'):
-    langs = setup.languages
-    for src, tgt in zip(langs, langs[1:] + langs[:1]):  # de-fr, fr-es, ...
+    for src, tgt in zero_shot_directions(setup.languages):
       out[f'{src}-{tgt}'] = list(sources.flores_splits(src, tgt)['test'])[:n]
       zero_shot.add(f'{src}-{tgt}')
   return out, zero_shot
+
+
+def zero_shot_directions(languages) -> list[tuple[str, str]]:
+  """Non-English pairs never trained on, one per language in a ring
+  (de-fr, fr-es, es-de); none with fewer than two non-English languages
+  (a single language would give the meaningless de-de)."""
+  langs = [lang for lang in dict.fromkeys(languages) if lang != 'en']
+  if len(langs) < 2:
+    return []
+  if len(langs) == 2:
+    return [(langs[0], langs[1]), (langs[1], langs[0])]
+  return list(zip(langs, langs[1:] + langs[:1]))
 
 
 def main(argv=None) -> int:
