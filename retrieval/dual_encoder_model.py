@@ -39,6 +39,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rosetta import checkpoint_import, partitioning
+from rosetta import trainer as trainer_lib
 from rosetta.partitioning import Partitioner
 from retrieval import contrastive
 from retrieval.dual_encoder import (DualEncoder, DualEncoderConfig,
@@ -209,17 +210,27 @@ class DualEncoderModel:
     return jnp.any(batch['query_tokens'] != 0, axis=-1).astype(jnp.float32)
 
   # ---------------------------------------------------------------- loss ---
-  def contrastive_output(self, network: DualEncoder, batch,
-                         dropout_rng=None) -> contrastive.ContrastiveOutput:
+  def embed(self, network: DualEncoder, batch, dropout_rng=None):
+    """(queries, positives, negatives or None) embeddings of a batch."""
     self.check_batch(batch)
     deterministic = dropout_rng is None
     rngs = None if deterministic else nnx.Rngs(dropout=dropout_rng)
     kw = dict(deterministic=deterministic, rngs=rngs)
     q = network.encode(batch['query_tokens'], 'query', **kw)
     p = network.encode(batch['positive_tokens'], 'doc', **kw)
-    n = neg_ids = neg_valid = None
+    n = (network.encode(batch['negative_tokens'], 'doc', **kw)
+         if self.num_negatives else None)
+    return q, p, n
+
+  def contrastive_output(self, network: DualEncoder, batch,
+                         dropout_rng=None) -> contrastive.ContrastiveOutput:
+    return self.output_from_embeddings(
+        network, batch, *self.embed(network, batch, dropout_rng))
+
+  def output_from_embeddings(self, network: DualEncoder, batch, q, p, n
+                             ) -> contrastive.ContrastiveOutput:
+    neg_ids = neg_valid = None
     if self.num_negatives:
-      n = network.encode(batch['negative_tokens'], 'doc', **kw)
       neg_valid = jnp.any(batch['negative_tokens'] != 0, axis=-1)
       neg_ids = batch.get('negative_ids')
     return contrastive.in_batch_softmax(
@@ -233,11 +244,14 @@ class DualEncoderModel:
               normalizer=None):
     """Summed per-query loss / normalizer (default: this batch's queries).
 
-    The in-batch negatives are the whole global batch. Gradient
-    accumulation over microbatches would shrink them to a microbatch, so
-    train with num_microbatches=1.
+    The in-batch negatives are the whole global batch; with microbatches
+    the trainer calls `accumulated_grads`, which keeps them so.
     """
-    out = self.contrastive_output(network, batch, dropout_rng)
+    return self._loss_and_metrics(
+        batch, self.contrastive_output(network, batch, dropout_rng),
+        normalizer)
+
+  def _loss_and_metrics(self, batch, out, normalizer):
     num_queries = self.loss_weights(batch).sum()
     normalizer = num_queries if normalizer is None else normalizer
     loss_sum = out.loss.sum()
@@ -248,6 +262,46 @@ class DualEncoderModel:
         'num_tokens': num_queries,   # the trainer's name; here: queries
     }
     return loss_sum / jnp.maximum(normalizer, 1.0), metrics
+
+  def accumulated_grads(self, network_fn, params, micro, rng, normalizer,
+                        constrain_rows):
+    """Gradient accumulation that keeps the whole batch's negatives
+    (GradCache, Gao et al. 2021): embed every microbatch without keeping
+    activations, take the loss over all embeddings and its gradient with
+    respect to them, then re-run each microbatch's towers and backpropagate
+    its slice of that gradient. Equal to the one-batch gradient (same
+    dropout keys in both passes), at the memory of one microbatch.
+
+    micro: the batch split by `trainer.split_microbatches`; returns
+    (grads, metrics) as the trainer's own accumulation does.
+    """
+    m = jax.tree.leaves(micro)[0].shape[0]
+    keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(m))
+
+    def embed(p, mb, key):
+      return self.embed(network_fn(p), constrain_rows(mb), key)
+
+    def embed_one(_, xs):
+      mb, key = xs
+      return None, jax.lax.stop_gradient(embed(params, mb, key))
+    _, stacked = jax.lax.scan(embed_one, None, (micro, keys))
+    batch = trainer_lib.merge_microbatches(micro)
+    full = trainer_lib.merge_microbatches(stacked)
+
+    def loss_of(p, embeddings):
+      network = network_fn(p)
+      out = self.output_from_embeddings(network, batch, *embeddings)
+      return self._loss_and_metrics(batch, out, normalizer)
+    (_, metrics), (grads, d_full) = jax.value_and_grad(
+        loss_of, argnums=(0, 1), has_aux=True)(params, full)
+    d_micro = trainer_lib.split_microbatches(d_full, m)
+
+    def backprop_one(acc, xs):
+      mb, key, cotangent = xs
+      _, vjp = jax.vjp(lambda p: embed(p, mb, key), params)
+      return jax.tree.map(jnp.add, acc, vjp(cotangent)[0]), None
+    grads, _ = jax.lax.scan(backprop_one, grads, (micro, keys, d_micro))
+    return grads, metrics
 
   # ----------------------------------------------------------- inference ---
   def score_batch(self, network: DualEncoder, batch):

@@ -38,6 +38,31 @@ def _dict_path(path) -> tuple:
   return tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
 
 
+def split_microbatches(batch, m: int):
+  """(b, ...) leaves -> (m, b / m, ...), strided: microbatch i takes rows
+  i, i + m, ... so that every data-parallel device contributes rows to
+  every microbatch. `merge_microbatches` inverts it."""
+  sizes = {x.shape[0] for x in jax.tree.leaves(batch)}
+  if len(sizes) != 1:
+    raise ValueError(f'batch features disagree on the batch size: '
+                     f'{sorted(sizes)}')
+  b = sizes.pop()
+  if b % m:
+    raise ValueError(f'batch size {b} is not divisible by '
+                     f'num_microbatches={m}')
+  return jax.tree.map(
+      lambda x: jnp.swapaxes(x.reshape((b // m, m) + x.shape[1:]), 0, 1),
+      batch)
+
+
+def merge_microbatches(micro):
+  """(m, b / m, ...) -> (b, ...), the inverse of `split_microbatches`."""
+  def merge(x):
+    x = jnp.swapaxes(x, 0, 1)
+    return x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
+  return jax.tree.map(merge, micro)
+
+
 class Trainer:
   """Owns the network structure, optimizer and shardings of one run."""
 
@@ -145,23 +170,17 @@ class Trainer:
     if m == 1:
       (_, metrics), grads = grad_fn(params, batch, rng, normalizer)
       return grads, metrics
-    b = batch['decoder_target_tokens'].shape[0]
-    if b % m:
-      raise ValueError(f'batch size {b} is not divisible by '
-                       f'num_microbatches={m}')
-    # Strided split: microbatch i takes rows i, i+m, ... so that every
-    # data-parallel device contributes rows to every microbatch.
-    def split(x):
-      x = x.reshape((b // m, m) + x.shape[1:])
-      return jnp.swapaxes(x, 0, 1)
-    micro = jax.tree.map(split, batch)
+    micro = split_microbatches(batch, m)
+    if hasattr(self.model, 'accumulated_grads'):
+      # Losses that couple the rows of a batch (in-batch negatives) cannot
+      # be summed over microbatches; the model accumulates its own way.
+      return self.model.accumulated_grads(
+          self.network, params, micro, rng, normalizer, self._constrain_rows)
 
     def body(carry, xs):
       grads_acc, metrics_acc = carry
       i, mb = xs
-      mb = jax.tree.map(
-          lambda x: jax.lax.with_sharding_constraint(
-              x, self.partitioner.sharding(BATCH_AXES[:x.ndim])), mb)
+      mb = self._constrain_rows(mb)
       (_, metrics), grads = grad_fn(params, mb, jax.random.fold_in(rng, i),
                                     normalizer)
       return (jax.tree.map(jnp.add, grads_acc, grads),
@@ -172,6 +191,13 @@ class Trainer:
     (grads, metrics), _ = jax.lax.scan(
         body, (zeros, zero_metrics), (jnp.arange(m), micro))
     return grads, metrics
+
+  def _constrain_rows(self, tree):
+    """Rows (axis 0) over the mesh's batch axes: a microbatch sliced out of
+    a scan keeps the data-parallel layout of the whole batch."""
+    return jax.tree.map(
+        lambda x: jax.lax.with_sharding_constraint(
+            x, self.partitioner.sharding(BATCH_AXES[:x.ndim])), tree)
 
   def _train_step_impl(self, state, batch):
     step = state['step']
