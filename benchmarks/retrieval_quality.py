@@ -33,21 +33,26 @@ systems' hyperparameters; `--gin.KEY=VALUE` overrides apply to both):
               averaged when bidirectional, NO_DUPLICATES batches)
   optimizer   AdamW (betas 0.9/0.999, eps 1e-8, no weight decay), the gin
               learning rate with linear warmup then constant, global-norm
-              clipping: optax in Rosetta, torch through the HF Trainer
+              clipping: optax in Rosetta, torch.optim.AdamW in the peer
   time        the same wall-clock budget (`--budget-minutes`) on this CPU,
-              both trainings running AT THE SAME TIME with `--threads`
-              threads each, so machine load hits both alike; each trainer's
-              own clock (Rosetta: `train.time_budget_s`, which includes
-              building the seqio pipeline and compiling; the peer: from
-              the HF Trainer's train begin)
+              both trainings running AT THE SAME TIME, one compute thread
+              each (`--threads`), each pinned to its own core (Rosetta core
+              0, the peer core 1; `--no-pin` to let them float), so machine
+              load hits both alike; each trainer's own clock (Rosetta:
+              `train.time_budget_s`, which includes building the seqio
+              pipeline and compiling; the peer: from the start of its loop).
+              Rosetta's tf.data input threads share its core.
 
 Rosetta trains through the real trainer (`python -m rosetta.main train`
-with the gin file); the peer through `SentenceTransformerTrainer` in a
-child process (this file with `--_st_train`).
+with the gin file); the peer in a child process too
+(benchmarks/retrieval_peer.py: sentence-transformers' own model, collate,
+loss and fit-loop steps; the library's `SentenceTransformerTrainer` needs
+the `datasets` and `accelerate` packages, which are not installed here).
 
-Evaluation (retrieval.datasets), every set searched with Rosetta's exact
-search (retrieval.search) for both dense systems, plus CSLS (k=10),
-inverted softmax and DBNorm (beta = 1/temperature) from retrieval.hubness:
+Evaluation (benchmarks/retrieval_eval.py, on retrieval.datasets), every
+set searched with Rosetta's exact search (retrieval.search) for both dense
+systems, plus CSLS (k=10), inverted softmax and DBNorm (beta =
+1/temperature) from retrieval.hubness:
 
   FLORES-200  bitext mining, accuracy (= Hits@1) both directions against
               English; a handful of languages (all 29 with --full)
@@ -79,11 +84,16 @@ import json
 import os
 import platform
 import re
-import resource
 import shutil
 import subprocess
 import sys
 import time
+
+import retrieval_peer  # benchmarks/retrieval_peer.py (the script's folder)
+from retrieval_eval import (DENSE_LABEL, eval_sets, evaluate_all,
+                            markdown_table, recall_curves, rosetta_system,
+                            st_system, summarise)
+from retrieval_peer import write_json
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The repository root is NOT put on sys.path (the editable install finds
@@ -94,27 +104,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # same reason the children run in the output directory, which has no
 # runs/, models/ or architectures/ folder.
 DEFAULT_GIN = 'retrieval/dual_encoder_small_cpu.gin'
-FLORES_DEFAULT = ('deu_Latn', 'fra_Latn', 'rus_Cyrl', 'zho_Hans', 'arb_Arab',
-                  'hin_Deva')
-FLORES_QUICK = ('deu_Latn', 'zho_Hans')
-XQUAD_QUICK = ('en', 'de', 'zh', 'hi')
-KS = (1, 5, 10, 20, 50, 100)
-CORRECTIONS = (None, 'csls', 'inverted_softmax', 'dbnorm')
-CORRECTION_LABEL = {None: '', 'csls': ' + CSLS',
-                    'inverted_softmax': ' + inverted softmax',
-                    'dbnorm': ' + DBNorm'}
-DENSE_LABEL = {'init': 'untrained (the shared initial weights)',
-               'rosetta': 'Rosetta', 'st': 'sentence-transformers'}
-FAMILIES = {  # family -> (title, headline metric)
-    'flores_x2en': ('FLORES x->en acc', 'Hits@1'),
-    'flores_en2x': ('FLORES en->x acc', 'Hits@1'),
-    'xquad_same': ('XQuAD same-lang MRR@10', 'MRR@10'),
-    'xquad_en': ('XQuAD x->en MRR@10', 'MRR@10'),
-    'xquad_pool': ('XQuAD x->pool MRR@10', 'MRR@10'),
-    'cranfield': ('Cranfield nDCG@10', 'nDCG@10'),
-}
-LASER_CODES = {'zh': 'cmn', 'ro': 'ron', 'sw': 'swh', 'ar': 'ara'}
-GALLERY_SIZE = 500
 
 
 def parse_args(argv):
@@ -139,6 +128,10 @@ def parse_args(argv):
   p.add_argument('--sequential', action='store_true',
                  help='train one system after the other (default: both at '
                  'once, so load hits them alike)')
+  p.add_argument('--no-pin', dest='pin', action='store_false',
+                 help='do not pin each trainer to its own core (default: '
+                 'Rosetta on core 0, the peer on core 1, when both train at '
+                 'once with one thread each)')
   p.add_argument('--systems', default='bm25,init,rosetta,st',
                  help='init: the untrained initial weights both dense '
                  'systems start from (no hubness rows)')
@@ -147,7 +140,6 @@ def parse_args(argv):
   p.add_argument('--vocab-size', type=int, default=8000)
   p.add_argument('--eval-batch-size', type=int, default=64)
   p.add_argument('--seed', type=int, default=0)
-  p.add_argument('--_st_train', help=argparse.SUPPRESS)
   args = p.parse_args(argv)
   if args.budget_minutes is None:
     args.budget_minutes = 2.5 if args.quick else 20.0
@@ -163,13 +155,6 @@ def thread_env(threads: int) -> dict:
     env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' --xla_cpu_multi_thread_'
                         'eigen=false intra_op_parallelism_threads=1').strip()
   return env
-
-
-def write_json(path: str, payload) -> None:
-  from retrieval.indexing import atomic_write
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  text = json.dumps(payload, indent=1, ensure_ascii=False)
-  atomic_write(path, lambda f: f.write(text.encode('utf-8')))
 
 
 def cpu_model() -> str:
@@ -288,48 +273,6 @@ def build_vocabulary(conf, path: str, size: int, log) -> None:
   vocab.train_sentencepiece(sample, path, vocab_size=size)
 
 
-def build_hf_tokenizer(spm_path: str, out_dir: str):
-  """The same SentencePiece model as a `tokenizers` tokenizer (+ EOS)."""
-  from tokenizers import processors
-  from transformers import PreTrainedTokenizerFast
-  from transformers.convert_slow_tokenizer import SpmConverter, import_protobuf
-  proto = import_protobuf().ModelProto()
-  with open(spm_path, 'rb') as f:
-    proto.ParseFromString(f.read())
-  tk = SpmConverter.build_tokenizer_from_spm_proto(
-      proto, [(p.piece, p.score) for p in proto.pieces])
-  tk.post_processor = processors.TemplateProcessing(
-      single=['$A', '</s>'], special_tokens=[('</s>', 1)])
-  tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token='</s>',
-                                pad_token='<pad>', unk_token='<unk>',
-                                model_max_length=1 << 20)
-  tok.save_pretrained(out_dir)
-  return tok
-
-
-def tokenizer_parity(spm_path: str, tok, texts) -> dict:
-  """How many texts the two tokenizers encode differently."""
-  import seqio
-  v = seqio.SentencePieceVocabulary(spm_path)
-  bad = [t for t in texts
-         if list(v.encode(t)) + [1] != tok(t)['input_ids']]
-  return {'texts': len(texts), 'different': len(bad),
-          'examples': [t[:80] for t in bad[:3]]}
-
-
-def build_init(conf, out_dir: str, seed: int) -> int:
-  """HF T5EncoderModel with HF's T5 initialisation: both systems' start."""
-  import torch
-  import transformers
-  from rosetta.checkpoint_import import config_to_hf
-  hf = config_to_hf(conf['t5_config'])
-  hf['architectures'] = ['T5EncoderModel']
-  torch.manual_seed(seed)
-  model = transformers.T5EncoderModel(transformers.T5Config(**hf))
-  model.save_pretrained(out_dir)
-  return sum(p.numel() for p in model.parameters())
-
-
 # ----------------------------------------------------------- training ---
 
 
@@ -386,11 +329,14 @@ def run_children(children: dict, sequential: bool, cwd: str, log) -> dict:
   for batch in batches:
     procs = {}
     for name in batch:
-      cmd, path, env = children[name]
-      log(f'{name}: ' + ' '.join(cmd[1:4]) + ' ...  (log: ' + path + ')')
+      cmd, path, env, cpus = children[name]
+      log(f'{name}: ' + ' '.join(cmd[1:4]) + f' ...  (cores {cpus or "any"};'
+          f' log: {path})')
       f = open(path, 'w')
+      pin = (lambda c=cpus: os.sched_setaffinity(0, c)) if cpus else None
       procs[name] = (subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT,
-                                      env=env, cwd=cwd), f, time.time())
+                                      env=env, cwd=cwd, preexec_fn=pin), f,
+                     time.time())
     while procs:
       time.sleep(5)
       loads.append(os.getloadavg()[0])
@@ -418,98 +364,6 @@ def run_children(children: dict, sequential: bool, cwd: str, log) -> dict:
   return out
 
 
-def no_duplicate_batches(rows, batch_size: int, rng):
-  """Endless batches of `rows` (reshuffled every epoch) in which no text
-  appears twice (sentence-transformers' NO_DUPLICATES batch sampler: an
-  example that repeats a text of the batch waits for the next batch)."""
-  import collections
-  while True:
-    pending = collections.deque(rows[i] for i in rng.permutation(len(rows)))
-    while len(pending) >= batch_size:
-      batch, seen, deferred = [], set(), []
-      while pending and len(batch) < batch_size:
-        r = pending.popleft()
-        texts = [r['q'], r['p']] + r['n']
-        if seen.intersection(texts):
-          deferred.append(r)
-        else:
-          batch.append(r)
-          seen.update(texts)
-      pending.extendleft(reversed(deferred))
-      if len(batch) < batch_size:
-        break
-      yield batch
-
-
-def st_train_child(config_path: str) -> int:
-  """The peer's training (a child process: its own threads and clock).
-
-  sentence-transformers 6.2's `SentenceTransformerTrainer` needs the
-  `datasets` and `accelerate` packages, which this environment does not
-  have; this is the library's own pre-v3 `fit` loop (`old_fit`: its
-  `smart_batching_collate`, the loss module, torch AdamW, its
-  'warmupconstant' scheduler, `clip_grad_norm_`) with a wall-clock stop,
-  NO_DUPLICATES batches and, when hard negatives are on, PROPORTIONAL
-  sampling between the pairs-only and the triples dataset (one source per
-  batch, as the library's trainer does)."""
-  with open(config_path) as f:
-    c = json.load(f)
-  import numpy as np
-  import torch
-  torch.set_num_threads(c['threads'])
-  from sentence_transformers import InputExample, SentenceTransformer
-  from sentence_transformers.sentence_transformer import losses, modules
-  torch.manual_seed(c['seed'])
-  tr = modules.Transformer(c['init_dir'], tokenizer_name_or_path=c['tok_dir'],
-                           max_seq_length=c['max_seq_length'])
-  model = SentenceTransformer(modules=[
-      tr, modules.Pooling(tr.get_embedding_dimension(), 'mean'),
-      modules.Normalize()], device='cpu')
-  rows = [json.loads(l) for l in open(c['data'], encoding='utf-8')]
-  k = c['num_negatives']
-  triples = [dict(r, n=r['n'][:k]) for r in rows if k and len(r['n']) >= k]
-  pairs = [dict(r, n=[]) for r in rows if not k or len(r['n']) < k]
-  sources = [s for s in (pairs, triples) if s]
-  sizes = np.asarray([len(s) for s in sources], np.float64)
-  rng = np.random.default_rng(c['seed'])
-  streams = [no_duplicate_batches(s, c['batch_size'], rng) for s in sources]
-  loss = losses.MultipleNegativesRankingLoss(
-      model, scale=1.0 / c['temperature'],
-      directions=(('query_to_doc', 'doc_to_query') if c['bidirectional']
-                  else ('query_to_doc',)),
-      partition_mode='per_direction')
-  opt = torch.optim.AdamW(model.parameters(), lr=c['lr'], betas=(0.9, 0.999),
-                          eps=1e-8, weight_decay=0.0)
-  sched = SentenceTransformer._get_scheduler(  # pylint: disable=protected-access
-      opt, 'warmupconstant', warmup_steps=c['warmup'], t_total=0)
-  model.train()
-  hist, step, start = [], 0, time.time()
-  while time.time() - start < c['budget_s']:
-    batch = next(streams[rng.choice(len(streams), p=sizes / sizes.sum())])
-    features, labels = model.smart_batching_collate(
-        [InputExample(texts=[r['q'], r['p']] + r['n']) for r in batch])
-    value = loss(features, labels)
-    value.backward()
-    if c['grad_clip']:
-      torch.nn.utils.clip_grad_norm_(model.parameters(), c['grad_clip'])
-    opt.step()
-    opt.zero_grad()
-    sched.step()
-    step += 1
-    hist.append(float(value))
-    if step % 10 == 0:
-      print(f'step {step} loss {np.mean(hist[-10:]):.4f} '
-            f'{step / (time.time() - start):.2f} steps/s', flush=True)
-  loop_s = time.time() - start
-  model.save(os.path.join(c['out_dir'], 'model'))
-  write_json(os.path.join(c['out_dir'], 'train_log.json'), dict(
-      steps=step, loop_s=loop_s, examples=step * c['batch_size'],
-      source_rows=[len(s) for s in sources],
-      loss_first=float(np.mean(hist[:10])),
-      loss_last=float(np.mean(hist[-20:])), loss=hist))
-  return 0
-
-
 def rosetta_train_log(run_dir: str) -> dict:
   import numpy as np
   rows = [json.loads(l) for l in open(os.path.join(run_dir,
@@ -521,237 +375,11 @@ def rosetta_train_log(run_dir: str) -> dict:
               accuracy_last=float(np.mean([r['accuracy'] for r in last])))
 
 
-# --------------------------------------------------------- evaluation ---
-
-
-def eval_sets(args) -> dict:
-  """{name: (family, RetrievalSet, query-bank texts, corpus language)}."""
-  from retrieval import datasets
-  from translation import sources
-  flores = (datasets.flores_languages() if args.full
-            else FLORES_QUICK if args.quick else FLORES_DEFAULT)
-  flores = [l for l in flores if l != datasets.FLORES_PIVOT]
-  xq = XQUAD_QUICK if args.quick else datasets.XQUAD_LANGUAGES
-  out = {}
-  for lang in flores:
-    code = sources.language(lang).code
-    for src, tgt, fam, corpus_lang in (
-        (lang, datasets.FLORES_PIVOT, 'flores_x2en', 'en'),
-        (datasets.FLORES_PIVOT, lang, 'flores_en2x', code)):
-      rs = datasets.flores_mining(src, tgt)
-      out[f'flores_{src}-{tgt}'] = (fam, rs, rs.queries, corpus_lang)
-  for lang in xq:
-    bank = datasets.xquad(lang, corpus=lang, split='train').queries
-    out[f'xquad_{lang}-{lang}'] = (
-        'xquad_same', datasets.xquad(lang, corpus=lang, split='test'), bank,
-        lang)
-    if lang != 'en':
-      out[f'xquad_{lang}-en'] = (
-          'xquad_en', datasets.xquad(lang, corpus='en', split='test'), bank,
-          'en')
-    out[f'xquad_{lang}-pool'] = (
-        'xquad_pool', datasets.xquad(lang, corpus='pool', split='test'), bank,
-        'pool')
-  cran = datasets.cranfield()
-  out['cranfield'] = ('cranfield', cran, cran.queries, 'en')
-  return out
-
-
-def gallery_bank(lang: str) -> tuple[str, ...]:
-  """Up to GALLERY_SIZE LASER-Tatoeba sentences in `lang` (DBNorm's gallery:
-  text in the corpus language that is in no corpus here); 'pool' or a
-  language LASER lacks: an even mix of the XQuAD languages."""
-  from rosetta import data
-  from retrieval import datasets
-  from translation import sources
-  root = os.path.join(data.data_dir(), 'laser_tatoeba', 'data', 'tatoeba',
-                      'v1')
-
-  def read(code2, n):
-    if code2 == 'en':
-      path = os.path.join(root, 'tatoeba.deu-eng.eng')
-    else:
-      try:
-        code3 = LASER_CODES.get(code2) or sources.language(code2).iso3
-      except ValueError:
-        return ()
-      path = os.path.join(root, f'tatoeba.{code3}-eng.{code3}')
-    if not os.path.exists(path):
-      return ()
-    with open(path, encoding='utf-8') as f:
-      lines = [l.strip() for l in f if l.strip()]
-    return tuple(lines[:n])
-  own = () if lang == 'pool' else read(lang, GALLERY_SIZE)
-  if own:
-    return own
-  per = GALLERY_SIZE // len(datasets.XQUAD_LANGUAGES) + 1
-  return tuple(s for l in datasets.XQUAD_LANGUAGES for s in read(l, per))
-
-
-class DenseSystem:
-  """Encodes texts (cached) with a trained dual encoder."""
-
-  def __init__(self, name: str, encode_fns: dict):
-    self.name, self._fns, self._cache = name, encode_fns, {}
-    self.encode_s, self.encoded = 0.0, 0
-
-  def embed(self, texts, tower: str):
-    key = (tower, texts)
-    if key not in self._cache:
-      t = time.time()
-      self._cache[key] = self._fns[tower](list(texts))
-      self.encode_s += time.time() - t
-      self.encoded += len(texts)
-    return self._cache[key]
-
-
-def rosetta_system(run_dir: str, max_length: int, batch_size: int):
-  import gin
-  import jax
-  import seqio
-  from rosetta import gin_utils, partitioning, runs
-  from retrieval import dual_encoder_model as dem
-  gin.clear_config()
-  gin_utils.parse([os.path.join(run_dir, 'config.gin')], finalize=False)
-  model = dem.DualEncoderModel()
-  vocab = seqio.SentencePieceVocabulary(
-      gin.query_parameter('pair_tasks.setup.vocabulary'))
-  mesh = partitioning.make_mesh(data=1, devices=jax.devices()[:1])
-  _, state, step = runs._restore_for_inference(  # pylint: disable=protected-access
-      run_dir, model, mesh)
-  fns = {t: dem.make_encode_fn(model, state, vocab, max_length, batch_size,
-                               mesh, t) for t in ('query', 'doc')}
-  return DenseSystem('rosetta', fns), step
-
-
-def st_system(model_dir: str, max_length: int, batch_size: int,
-              tok_dir: str | None = None, key: str = 'st'):
-  """A saved sentence-transformers model, or (with `tok_dir`) a bare HF
-  encoder directory + mean pooling + Normalize (the untrained init)."""
-  from sentence_transformers import SentenceTransformer
-  if tok_dir is None:
-    model = SentenceTransformer(model_dir, device='cpu')
-  else:
-    from sentence_transformers.sentence_transformer import modules
-    tr = modules.Transformer(model_dir, tokenizer_name_or_path=tok_dir)
-    model = SentenceTransformer(modules=[
-        tr, modules.Pooling(tr.get_embedding_dimension(), 'mean'),
-        modules.Normalize()], device='cpu')
-  model.max_seq_length = max_length
-
-  def fn(texts):
-    return model.encode(texts, batch_size=batch_size, convert_to_numpy=True,
-                        show_progress_bar=False).astype('float32')
-  return DenseSystem(key, {'query': fn, 'doc': fn})
-
-
-def correction_for(kind, corpus, qbank, gbank, beta):
-  from retrieval import hubness
-  if kind == 'csls':
-    return hubness.csls(corpus, qbank, k=10)
-  if kind == 'inverted_softmax':
-    return hubness.inverted_softmax(corpus, qbank, beta=beta)
-  return hubness.dbnorm(corpus, qbank, gbank, beta1=beta, beta2=beta)
-
-
-def evaluate_all(systems: dict, sets: dict, out_dir: str, beta: float, log):
-  """{system label: {set name: metrics}}; writes TREC runs and qrels."""
-  import logging
-  from retrieval import bm25, hubness, ir_metrics, search
-  logging.getLogger('bm25s').setLevel(logging.WARNING)
-  metrics, skew = {}, {}
-  for name, (fam, rs, qbank, corpus_lang) in sets.items():
-    ir_metrics.write_qrels(os.path.join(out_dir, 'qrels', f'{name}.qrels'),
-                           rs.qrels)
-    k = min(max(KS), len(rs.docs))
-    results = {}
-    if 'bm25' in systems:
-      lang = None if corpus_lang == 'pool' else corpus_lang
-      results['BM25'] = bm25.BM25Index(rs.docs, lang=lang).search(
-          rs.queries, k)
-    for key, sysm in systems.items():
-      if key == 'bm25':
-        continue
-      docs = sysm.embed(rs.docs, 'doc')
-      corpus = search.shard_corpus(docs)
-      q = sysm.embed(rs.queries, 'query')
-      for kind in (CORRECTIONS if key != 'init' else (None,)):
-        corr = None
-        if kind:
-          gb = (sysm.embed(gallery_bank(corpus_lang), 'doc')
-                if kind == 'dbnorm' else None)
-          corr = correction_for(kind, corpus, sysm.embed(qbank, 'query'), gb,
-                                beta)
-        res = search.search(corpus, q, k, correction=corr)
-        label = DENSE_LABEL[key] + CORRECTION_LABEL[kind]
-        results[label] = res
-        skew.setdefault(label, {})[name] = hubness.skewness(
-            hubness.k_occurrence(res.indices, len(rs.docs), 10))
-    for label, res in results.items():
-      run = ir_metrics.run_from_topk(res.indices, rs.query_ids, rs.doc_ids)
-      slug = re.sub(r'[^a-z0-9]+', '_', label.lower()).strip('_')
-      ir_metrics.write_run(os.path.join(out_dir, 'trec', slug,
-                                        f'{name}.trec'), run, tag=slug)
-      metrics.setdefault(label, {})[name] = ir_metrics.evaluate(
-          run, rs.qrels, ks=[x for x in KS if x <= len(rs.docs)])
-    best = max(results, key=lambda l: metrics[l][name][FAMILIES[fam][1]])
-    log(f'{name:28s} ({len(rs.queries)} q x {len(rs.docs)} docs) best: '
-        f'{best} {FAMILIES[fam][1]} '
-        f'{metrics[best][name][FAMILIES[fam][1]]:.3f}')
-  return metrics, skew
-
-
-def summarise(metrics: dict, sets: dict) -> dict:
-  """{system: {family: {metric: mean over the family's sets}}}."""
-  import numpy as np
-  out = {}
-  for label, per_set in metrics.items():
-    for fam in FAMILIES:
-      names = [n for n, s in sets.items() if s[0] == fam]
-      if not names:
-        continue
-      keys = per_set[names[0]].keys()
-      out.setdefault(label, {})[fam] = {
-          m: float(np.mean([per_set[n][m] for n in names])) for m in keys}
-  return out
-
-
-def markdown_table(summary: dict) -> str:
-  fams = [f for f in FAMILIES if any(f in v for v in summary.values())]
-  head = '| system | ' + ' | '.join(FAMILIES[f][0] for f in fams) + ' |'
-  rule = '|---|' + '---:|' * len(fams)
-  rows = [head, rule]
-  for label, per in summary.items():
-    rows.append(f'| {label} | ' + ' | '.join(
-        f'{per[f][FAMILIES[f][1]]:.3f}' if f in per else '' for f in fams)
-        + ' |')
-  return '\n'.join(rows)
-
-
-def recall_curves(summary: dict, out_dir: str) -> dict:
-  """recall_<family>.json ({system: {k: recall}}) + PNG per family."""
-  from rosetta import main as rosetta_main
-  plots = rosetta_main._plots_module()  # pylint: disable=protected-access
-  files = {}
-  for fam in FAMILIES:
-    curves = {label: {str(k): per[fam][f'Recall@{k}'] for k in KS
-                      if f'Recall@{k}' in per.get(fam, {})}
-              for label, per in summary.items() if fam in per}
-    if not curves:
-      continue
-    path = os.path.join(out_dir, f'recall_{fam}.json')
-    write_json(path, curves)
-    files[fam] = (path, plots.recall_curves(path).path)
-  return files
-
-
 # --------------------------------------------------------------- main ---
 
 
 def main(argv=None) -> int:
   args = parse_args(argv)
-  if args._st_train:
-    return st_train_child(args._st_train)
   os.environ.update({k: v for k, v in thread_env(args.threads).items()
                      if k in ('JAX_PLATFORMS', 'TF_CPP_MIN_LOG_LEVEL',
                               'XLA_FLAGS', 'TOKENIZERS_PARALLELISM')})
@@ -772,11 +400,11 @@ def main(argv=None) -> int:
   if not (args.reuse and os.path.exists(spm_path)):
     build_vocabulary(conf, spm_path, args.vocab_size, log)
   tok_dir = os.path.join(out, 'vocab', 'hf_tokenizer')
-  tok = build_hf_tokenizer(spm_path, tok_dir)
+  tok = retrieval_peer.build_hf_tokenizer(spm_path, tok_dir)
   init_dir = os.path.join(out, 'init')
   if not (args.reuse and os.path.exists(os.path.join(init_dir,
                                                      'config.json'))):
-    build_init(conf, init_dir, args.seed)
+    retrieval_peer.build_init(conf['t5_config'], init_dir, args.seed)
   import torch
   torch.set_num_threads(args.threads)
   t5 = conf['t5']
@@ -818,9 +446,15 @@ def main(argv=None) -> int:
           temperature=conf['temperature'],
           bidirectional=conf['bidirectional'],
           num_negatives=conf['num_negatives']))
-      cmd = [sys.executable, os.path.abspath(__file__), '--_st_train',
+      cmd = [sys.executable, os.path.abspath(retrieval_peer.__file__),
              cfg_path]
-    children[key] = (cmd, os.path.join(out, 'logs', f'{key}_train.log'), env)
+    children[key] = [cmd, os.path.join(out, 'logs', f'{key}_train.log'),
+                     env, None]
+  cores = sorted(os.sched_getaffinity(0))
+  if (args.pin and not args.sequential and args.threads == 1
+      and len(children) == 2 and len(cores) >= 2):
+    for (key, child), core in zip(sorted(children.items()), cores):
+      child[3] = {core}          # one core each: the same hardware
   for key, res in run_children(children, args.sequential, out, log).items():
     if res['returncode'] != 0:
       raise SystemExit(f'{key} training failed; see '
@@ -845,7 +479,7 @@ def main(argv=None) -> int:
   sets = eval_sets(args)
   sample = sorted({t for _, rs, _, _ in sets.values()
                    for t in rs.docs[:200] + rs.queries[:200]})
-  parity = tokenizer_parity(spm_path, tok, sample)
+  parity = retrieval_peer.tokenizer_parity(spm_path, tok, sample)
   log(f"tokenizers: {parity['different']} of {parity['texts']} evaluation "
       'texts tokenized differently by the peer')
   max_len = conf['lengths']['positives']
@@ -879,7 +513,8 @@ def main(argv=None) -> int:
       jax=jax.__version__, torch=torch.__version__,
       transformers=transformers.__version__,
       sentence_transformers=sentence_transformers.__version__,
-      args={k: v for k, v in vars(args).items() if k != '_st_train'},
+      pinned_cores={k: sorted(c[3]) for k, c in children.items() if c[3]},
+      args=vars(args),
       config={k: v for k, v in conf.items() if k != 't5_config'},
       rosetta_step=step, mixture_counts_for_peer=counts,
       tokenizer_parity=parity, total_s=time.time() - started)

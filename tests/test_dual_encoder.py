@@ -254,6 +254,38 @@ def test_feature_converter_literal_features():
                           num_negatives=2))
 
 
+def test_sentencepiece_negatives_and_no_shuffle_buffer(tmp_path):
+  """SentencePiece negatives are tokenized in one ragged call, equal to
+  one-by-one encoding; the task has no post-tokenization shuffle buffer
+  (the source reshuffles the whole split every epoch)."""
+  from rosetta import vocab as vocab_lib
+  words = ['alpha', 'beta', 'gamma', 'delta', 'epsilon', 'Haus', 'Katze']
+  text = [' '.join(words[(i + j) % 7] for j in range(i % 5 + 1))
+          for i in range(200)]
+  path = vocab_lib.train_sentencepiece(text, str(tmp_path / 'spm.model'),
+                                       vocab_size=280)
+  vocab = seqio.SentencePieceVocabulary(path)
+  rows = [('alpha beta', 'gamma', ('delta epsilon Haus', 'Katze', 'beta')),
+          ('Haus', 'Katze alpha', ())]
+  src = pair_tasks.PairSource({'train': lambda: rows})
+  task = pair_tasks.register_pair_task('test_de_pairs_spm', src, vocab)
+  assert task.shuffle_buffer_size is None
+  assert src.performs_internal_shuffling
+  lengths = {'queries': 8, 'positives': 8, 'negatives': 6}
+  got = list(task.get_dataset(lengths, split='train', shuffle=False,
+                              num_epochs=1).as_numpy_iterator())
+  for ex, (q, p, negs) in zip(got, rows):
+    assert ex['queries'].tolist() == list(vocab.encode(q)) + [1]
+    # Trimmed to 5 tokens, then EOS (append_eos_after_trim).
+    want = [list(vocab.encode(n))[:5] + [1] for n in negs]
+    assert [list(r) for r in ex['negatives']] == want
+  # Shuffled training input still sees every example (no buffer needed).
+  shuffled = list(task.get_dataset(lengths, split='train', shuffle=True,
+                                   seed=1, num_epochs=1).as_numpy_iterator())
+  assert sorted(e['queries'].tolist() for e in shuffled) == sorted(
+      e['queries'].tolist() for e in got)
+
+
 def test_make_encode_fn(mesh_data8):
   model = dem.DualEncoderModel(cfg(shared_towers=False, projection_dim=8))
   net = model.make_network(nnx.Rngs(0))

@@ -1,0 +1,243 @@
+"""Evaluation half of benchmarks/retrieval_quality.py: the sets (FLORES-200
+mining, XQuAD same-language / to English / to the pool, Cranfield), the
+dense systems' encoders, hubness corrections, pytrec_eval metrics, the
+summary table and recall curves."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+import retrieval_peer  # benchmarks/retrieval_peer.py (the script's folder)
+from retrieval_peer import write_json
+
+FLORES_DEFAULT = ('deu_Latn', 'fra_Latn', 'rus_Cyrl', 'zho_Hans', 'arb_Arab',
+                  'hin_Deva')
+FLORES_QUICK = ('deu_Latn', 'zho_Hans')
+XQUAD_QUICK = ('en', 'de', 'zh', 'hi')
+KS = (1, 5, 10, 20, 50, 100)
+CORRECTIONS = (None, 'csls', 'inverted_softmax', 'dbnorm')
+CORRECTION_LABEL = {None: '', 'csls': ' + CSLS',
+                    'inverted_softmax': ' + inverted softmax',
+                    'dbnorm': ' + DBNorm'}
+DENSE_LABEL = {'init': 'untrained (the shared initial weights)',
+               'rosetta': 'Rosetta', 'st': 'sentence-transformers'}
+FAMILIES = {  # family -> (title, headline metric)
+    'flores_x2en': ('FLORES x->en acc', 'Hits@1'),
+    'flores_en2x': ('FLORES en->x acc', 'Hits@1'),
+    'xquad_same': ('XQuAD same-lang MRR@10', 'MRR@10'),
+    'xquad_en': ('XQuAD x->en MRR@10', 'MRR@10'),
+    'xquad_pool': ('XQuAD x->pool MRR@10', 'MRR@10'),
+    'cranfield': ('Cranfield nDCG@10', 'nDCG@10'),
+}
+LASER_CODES = {'zh': 'cmn', 'ro': 'ron', 'sw': 'swh', 'ar': 'ara'}
+GALLERY_SIZE = 500
+
+# --------------------------------------------------------- evaluation ---
+
+
+def eval_sets(args) -> dict:
+  """{name: (family, RetrievalSet, query-bank texts, corpus language)}."""
+  from retrieval import datasets
+  from translation import sources
+  flores = (datasets.flores_languages() if args.full
+            else FLORES_QUICK if args.quick else FLORES_DEFAULT)
+  flores = [l for l in flores if l != datasets.FLORES_PIVOT]
+  xq = XQUAD_QUICK if args.quick else datasets.XQUAD_LANGUAGES
+  out = {}
+  for lang in flores:
+    code = sources.language(lang).code
+    for src, tgt, fam, corpus_lang in (
+        (lang, datasets.FLORES_PIVOT, 'flores_x2en', 'en'),
+        (datasets.FLORES_PIVOT, lang, 'flores_en2x', code)):
+      rs = datasets.flores_mining(src, tgt)
+      out[f'flores_{src}-{tgt}'] = (fam, rs, rs.queries, corpus_lang)
+  for lang in xq:
+    bank = datasets.xquad(lang, corpus=lang, split='train').queries
+    out[f'xquad_{lang}-{lang}'] = (
+        'xquad_same', datasets.xquad(lang, corpus=lang, split='test'), bank,
+        lang)
+    if lang != 'en':
+      out[f'xquad_{lang}-en'] = (
+          'xquad_en', datasets.xquad(lang, corpus='en', split='test'), bank,
+          'en')
+    out[f'xquad_{lang}-pool'] = (
+        'xquad_pool', datasets.xquad(lang, corpus='pool', split='test'), bank,
+        'pool')
+  cran = datasets.cranfield()
+  out['cranfield'] = ('cranfield', cran, cran.queries, 'en')
+  return out
+
+
+def gallery_bank(lang: str) -> tuple[str, ...]:
+  """Up to GALLERY_SIZE LASER-Tatoeba sentences in `lang` (DBNorm's gallery:
+  text in the corpus language that is in no corpus here); 'pool' or a
+  language LASER lacks: an even mix of the XQuAD languages."""
+  from rosetta import data
+  from retrieval import datasets
+  from translation import sources
+  root = os.path.join(data.data_dir(), 'laser_tatoeba', 'data', 'tatoeba',
+                      'v1')
+
+  def read(code2, n):
+    if code2 == 'en':
+      path = os.path.join(root, 'tatoeba.deu-eng.eng')
+    else:
+      try:
+        code3 = LASER_CODES.get(code2) or sources.language(code2).iso3
+      except ValueError:
+        return ()
+      path = os.path.join(root, f'tatoeba.{code3}-eng.{code3}')
+    if not os.path.exists(path):
+      return ()
+    with open(path, encoding='utf-8') as f:
+      lines = [l.strip() for l in f if l.strip()]
+    return tuple(lines[:n])
+  own = () if lang == 'pool' else read(lang, GALLERY_SIZE)
+  if own:
+    return own
+  per = GALLERY_SIZE // len(datasets.XQUAD_LANGUAGES) + 1
+  return tuple(s for l in datasets.XQUAD_LANGUAGES for s in read(l, per))
+
+
+class DenseSystem:
+  """Encodes texts (cached) with a trained dual encoder."""
+
+  def __init__(self, name: str, encode_fns: dict):
+    self.name, self._fns, self._cache = name, encode_fns, {}
+    self.encode_s, self.encoded = 0.0, 0
+
+  def embed(self, texts, tower: str):
+    key = (tower, texts)
+    if key not in self._cache:
+      t = time.time()
+      self._cache[key] = self._fns[tower](list(texts))
+      self.encode_s += time.time() - t
+      self.encoded += len(texts)
+    return self._cache[key]
+
+
+def rosetta_system(run_dir: str, max_length: int, batch_size: int):
+  import gin
+  import jax
+  import seqio
+  from rosetta import gin_utils, partitioning, runs
+  from retrieval import dual_encoder_model as dem
+  gin.clear_config()
+  gin_utils.parse([os.path.join(run_dir, 'config.gin')], finalize=False)
+  model = dem.DualEncoderModel()
+  vocab = seqio.SentencePieceVocabulary(
+      gin.query_parameter('pair_tasks.setup.vocabulary'))
+  mesh = partitioning.make_mesh(data=1, devices=jax.devices()[:1])
+  _, state, step = runs._restore_for_inference(  # pylint: disable=protected-access
+      run_dir, model, mesh)
+  fns = {t: dem.make_encode_fn(model, state, vocab, max_length, batch_size,
+                               mesh, t) for t in ('query', 'doc')}
+  return DenseSystem('rosetta', fns), step
+
+
+def st_system(model_dir: str, max_length: int, batch_size: int,
+              tok_dir: str | None = None, key: str = 'st'):
+  fn = retrieval_peer.encoder(model_dir, max_length, batch_size, tok_dir)
+  return DenseSystem(key, {'query': fn, 'doc': fn})
+
+
+def correction_for(kind, corpus, qbank, gbank, beta):
+  from retrieval import hubness
+  if kind == 'csls':
+    return hubness.csls(corpus, qbank, k=10)
+  if kind == 'inverted_softmax':
+    return hubness.inverted_softmax(corpus, qbank, beta=beta)
+  return hubness.dbnorm(corpus, qbank, gbank, beta1=beta, beta2=beta)
+
+
+def evaluate_all(systems: dict, sets: dict, out_dir: str, beta: float, log):
+  """{system label: {set name: metrics}}; writes TREC runs and qrels."""
+  import logging
+  from retrieval import bm25, hubness, ir_metrics, search
+  logging.getLogger('bm25s').setLevel(logging.WARNING)
+  metrics, skew = {}, {}
+  for name, (fam, rs, qbank, corpus_lang) in sets.items():
+    ir_metrics.write_qrels(os.path.join(out_dir, 'qrels', f'{name}.qrels'),
+                           rs.qrels)
+    k = min(max(KS), len(rs.docs))
+    results = {}
+    if 'bm25' in systems:
+      lang = None if corpus_lang == 'pool' else corpus_lang
+      results['BM25'] = bm25.BM25Index(rs.docs, lang=lang).search(
+          rs.queries, k)
+    for key, sysm in systems.items():
+      if key == 'bm25':
+        continue
+      docs = sysm.embed(rs.docs, 'doc')
+      corpus = search.shard_corpus(docs)
+      q = sysm.embed(rs.queries, 'query')
+      for kind in (CORRECTIONS if key != 'init' else (None,)):
+        corr = None
+        if kind:
+          gb = (sysm.embed(gallery_bank(corpus_lang), 'doc')
+                if kind == 'dbnorm' else None)
+          corr = correction_for(kind, corpus, sysm.embed(qbank, 'query'), gb,
+                                beta)
+        res = search.search(corpus, q, k, correction=corr)
+        label = DENSE_LABEL[key] + CORRECTION_LABEL[kind]
+        results[label] = res
+        skew.setdefault(label, {})[name] = hubness.skewness(
+            hubness.k_occurrence(res.indices, len(rs.docs), 10))
+    for label, res in results.items():
+      run = ir_metrics.run_from_topk(res.indices, rs.query_ids, rs.doc_ids)
+      slug = re.sub(r'[^a-z0-9]+', '_', label.lower()).strip('_')
+      ir_metrics.write_run(os.path.join(out_dir, 'trec', slug,
+                                        f'{name}.trec'), run, tag=slug)
+      metrics.setdefault(label, {})[name] = ir_metrics.evaluate(
+          run, rs.qrels, ks=[x for x in KS if x <= len(rs.docs)])
+    best = max(results, key=lambda l: metrics[l][name][FAMILIES[fam][1]])
+    log(f'{name:28s} ({len(rs.queries)} q x {len(rs.docs)} docs) best: '
+        f'{best} {FAMILIES[fam][1]} '
+        f'{metrics[best][name][FAMILIES[fam][1]]:.3f}')
+  return metrics, skew
+
+
+def summarise(metrics: dict, sets: dict) -> dict:
+  """{system: {family: {metric: mean over the family's sets}}}."""
+  import numpy as np
+  out = {}
+  for label, per_set in metrics.items():
+    for fam in FAMILIES:
+      names = [n for n, s in sets.items() if s[0] == fam]
+      if not names:
+        continue
+      keys = per_set[names[0]].keys()
+      out.setdefault(label, {})[fam] = {
+          m: float(np.mean([per_set[n][m] for n in names])) for m in keys}
+  return out
+
+
+def markdown_table(summary: dict) -> str:
+  fams = [f for f in FAMILIES if any(f in v for v in summary.values())]
+  head = '| system | ' + ' | '.join(FAMILIES[f][0] for f in fams) + ' |'
+  rule = '|---|' + '---:|' * len(fams)
+  rows = [head, rule]
+  for label, per in summary.items():
+    rows.append(f'| {label} | ' + ' | '.join(
+        f'{per[f][FAMILIES[f][1]]:.3f}' if f in per else '' for f in fams)
+        + ' |')
+  return '\n'.join(rows)
+
+
+def recall_curves(summary: dict, out_dir: str) -> dict:
+  """recall_<family>.json ({system: {k: recall}}) + PNG per family."""
+  from rosetta import main as rosetta_main
+  plots = rosetta_main._plots_module()  # pylint: disable=protected-access
+  files = {}
+  for fam in FAMILIES:
+    curves = {label: {str(k): per[fam][f'Recall@{k}'] for k in KS
+                      if f'Recall@{k}' in per.get(fam, {})}
+              for label, per in summary.items() if fam in per}
+    if not curves:
+      continue
+    path = os.path.join(out_dir, f'recall_{fam}.json')
+    write_json(path, curves)
+    files[fam] = (path, plots.recall_curves(path).path)
+  return files
