@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 # Imported up front: gin locks its registry once parsing is finalised, and
 # these modules register configurables.
 from rosetta import checkpoints, data, optimizers, partitioning  # noqa: E402
-from rosetta import run_files, run_logging  # noqa: E402
+from rosetta import run_files, run_loading, run_logging  # noqa: E402
 from rosetta import trainer as trainer_lib  # noqa: E402
 
 
@@ -275,22 +275,8 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
   return state
 
 
-def _restore_for_inference(model_dir, model, mesh, step=None):
-  mesh = mesh if mesh is not None else partitioning.make_mesh()
-  part = partitioning.Partitioner(mesh)
-  tr = trainer_lib.Trainer(model, part, optimizers.make_optimizer('sgd',
-                                                                  1.0))
-  ckpt = checkpoints.Checkpointer(os.path.join(model_dir, 'checkpoints'),
-                                  save_interval_steps=1, read_only=True)
-  # Parameters only: evaluation does not care which optimizer trained them.
-  restored = ckpt.restore({'params': tr.abstract_state['params']}, step=step,
-                          partial=True)
-  if restored is None:
-    raise FileNotFoundError(f'{model_dir}/checkpoints: no checkpoint to '
-                            'evaluate')
-  step, state, _ = restored
-  ckpt.close()
-  return tr, state, step
+# The public name lives in run_loading; this one is kept for callers.
+_restore_for_inference = run_loading.restore_for_inference
 
 
 @gin.configurable

@@ -259,3 +259,24 @@ def test_cli_errors_name_the_binding(tmp_path):
   p = subprocess.run([PY, '-m', 'rosetta.main', '--help'], env=env(),
                      cwd=REPO, capture_output=True, text=True, timeout=300)
   assert p.returncode == 0 and 'evaluate' in p.stdout and '--gin.' in p.stdout
+
+
+def test_load_run_gives_the_trained_network(straight):
+  """`run_loading.load_run`: the run's config rebuilds the model, and the
+  network carries the newest checkpoint's parameters bit for bit."""
+  import jax
+  from flax import nnx
+  from rosetta import models, run_loading
+  run = run_loading.load_run(straight)
+  step, params = final_params(straight)
+  assert run.step == step == 40
+  assert isinstance(run.model, models.EncoderDecoderModel)
+  assert run.task == 'django_translate_en_fr_bytes'
+  assert run.vocabulary.encode('ab') == [100, 101]   # bytes, offset 3
+  assert_trees_equal(nnx.to_pure_dict(nnx.state(run.network, nnx.Param)),
+                     params)
+  out = run.model.predict_batch(run.network, {
+      'encoder_input_tokens': np.ones((2, 8), np.int32)})
+  assert np.asarray(jax.tree.leaves(out)[0]).shape[0] == 2
+  with pytest.raises(FileNotFoundError, match='no config.gin'):
+    run_loading.load_run(os.path.dirname(straight))
