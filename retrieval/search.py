@@ -388,6 +388,8 @@ def search(corpus: ShardedCorpus, queries, k: int, *,
            progress: bool = False) -> SearchResult:
   """Exact top-k of every query row against `corpus` (see module docstring).
 
+  corpus: a `ShardedCorpus`, or a `verified_search.VerifiedCorpus` (float32
+  results at bfloat16 scan speed; see that module).
   queries: [num_queries, d] (NumPy or JAX). correction: a hubness
   correction from `retrieval.hubness` built for this corpus. batch_size:
   queries per compiled call (rounded up to the query-shard count; the last
@@ -395,6 +397,12 @@ def search(corpus: ShardedCorpus, queries, k: int, *,
   block_rows: corpus rows scored at once on each device (default: 2**24 /
   max(local queries, dim), i.e. 64 MiB of float32 scores; see `scan_plan`).
   """
+  from retrieval import verified_search  # pylint: disable=import-outside-toplevel
+  if isinstance(corpus, verified_search.VerifiedCorpus):
+    if correction is None:   # exact float32 via bfloat16 candidates
+      return verified_search.verified_search(
+          corpus, queries, k, batch_size=batch_size, block_rows=block_rows)
+    corpus = corpus.exact    # hubness corrections scan the float32 rows
   q = check_matrix(queries, 'queries', corpus.dim).astype(np.float32)
   if not 1 <= k <= corpus.n_docs:
     raise ValueError(f'k={k} must be in 1..{corpus.n_docs} (corpus size)')

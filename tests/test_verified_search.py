@@ -75,3 +75,17 @@ def test_errors_name_the_argument():
     vs.verified_search(corpus, q, 51)
   with pytest.raises(ValueError, match='candidates=3 must be >= k=5'):
     vs.verified_search(corpus, q, 5, candidates=3)
+
+
+def test_search_dispatches_a_verified_corpus():
+  from retrieval import hubness
+  c, q = data(n=500)
+  corpus = vs.VerifiedCorpus.build(search.shard_corpus(c))
+  got = search.search(corpus, q, 7)
+  assert isinstance(got, vs.VerifiedResult)
+  np.testing.assert_array_equal(got.indices, brute(c, q, 7)[1])
+  # A hubness correction runs on the float32 rows, as for a plain corpus.
+  corr = hubness.csls(corpus.exact, q, k=5)
+  want = search.search(corpus.exact, q, 7, correction=corr)
+  again = search.search(corpus, q, 7, correction=corr)
+  np.testing.assert_array_equal(again.indices, want.indices)
