@@ -16,8 +16,8 @@ relevant = grade >= 2): Hits@1, Hits@10 and MRR@10 of
                    semantic ids = hierarchical k-means (k=10, c=10) of the
                    dual encoder's document embeddings (averaged over the
                    12 languages); synthetic queries = n per document and
-                   language sampled (top-k 10; top-p's full-vocabulary
-                   sort made sampling 2x slower on CPU) from a query
+                   language sampled (top-k 10; no top-p, which sorts
+                   the whole vocabulary every step) from a query
                    generator trained on the training questions
                    (gin/dsi/qgen_*_tiny.gin), added to the DSI mixture
 
@@ -31,6 +31,13 @@ benchmarks/constrained_decoding.py (10k and 1M random ids).
     python benchmarks/generative_retrieval.py --quick
     python benchmarks/generative_retrieval.py --budget-minutes 10 \\
         --dual-encoder runs/de_xquad --out runs/generative_retrieval
+    # equal work per system on a shared machine, done by 12:48 UTC:
+    python benchmarks/generative_retrieval.py --steps 1000 \\
+        --aux-steps 250 --budget-minutes 5 --queries-per-doc 1 --dim 64 \\
+        --corpora xquad --timing skip --stop-at 12:48
+
+Systems run in --systems order (the issue's key rows first); with
+--stop-at, one that would not finish in time is skipped and logged.
 
 Prints Markdown tables and writes <out>/results.json. It measures; it does
 not assert. Runs are in-process, one after another (gin is global).
@@ -44,6 +51,7 @@ import os
 import shutil
 import sys
 import time
+import traceback
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -65,6 +73,8 @@ from retrieval.docids import padded_vocab_size  # noqa: E402
 from rosetta import gin_utils, main, models, runs  # noqa: E402
 
 KINDS = ('atomic', 'naive', 'semantic')
+SYSTEMS = ('semantic+syn', 'atomic', 'semantic', 'atomic+syn', 'naive',
+           'naive+syn')
 DSI_GIN = {'xquad': 'dsi/xquad_atomic_tiny.gin',
            'cranfield': 'dsi/cranfield_naive_tiny.gin'}
 QGEN_GIN = {'xquad': 'dsi/qgen_xquad_tiny.gin',
@@ -84,9 +94,22 @@ def parse_args(argv=None):
   p.add_argument('--aux-budget-minutes', type=float, default=None,
                  help='training time of the dual encoder and of each query '
                  'generator (default: --budget-minutes)')
+  p.add_argument('--steps', type=int, default=None,
+                 help='train each DSI system for this many steps instead '
+                 'of --budget-minutes of wall time (fair when other jobs '
+                 'stop or slow this one; --budget-minutes then only '
+                 'estimates a system for --stop-at)')
+  p.add_argument('--aux-steps', type=int, default=None,
+                 help='the same for the dual encoder and query generators')
   p.add_argument('--corpora', nargs='+', default=['xquad', 'cranfield'],
                  choices=['xquad', 'cranfield'])
-  p.add_argument('--kinds', nargs='+', default=list(KINDS), choices=KINDS)
+  p.add_argument('--systems', nargs='+', default=list(SYSTEMS),
+                 choices=SYSTEMS, help='DSI systems in the order they run '
+                 '(KIND or KIND+syn: with synthetic queries); the most '
+                 'important first, so a --stop-at cut drops the least')
+  p.add_argument('--stop-at', default=None,
+                 help='UTC HH:MM: start no DSI system (nor corpus) that '
+                 'would not finish by then (budget + 3 min to evaluate)')
   p.add_argument('--dual-encoder', default=None,
                  help='run directory of a trained dual encoder to reuse')
   p.add_argument('--queries-per-doc', type=int, default=None,
@@ -94,6 +117,9 @@ def parse_args(argv=None):
                  '(default 5; quick 2)')
   p.add_argument('--dim', type=int, default=None,
                  help='d_model of the trained models (default 128; quick 64)')
+  p.add_argument('--query-length', type=int, default=24,
+                 help='longest synthetic query in tokens (a sampled batch '
+                 'runs until its longest row ends)')
   p.add_argument('--batch-size', type=int, default=32)
   p.add_argument('--out', default='runs/generative_retrieval')
   p.add_argument('--timing', choices=['quick', 'full', 'skip'], default=None,
@@ -106,7 +132,24 @@ def parse_args(argv=None):
   args.queries_per_doc = args.queries_per_doc or (2 if quick else 5)
   args.dim = args.dim or (64 if quick else 128)
   args.timing = args.timing or ('quick' if quick else 'full')
+  args.kinds = list(dict.fromkeys(s.split('+')[0] for s in args.systems))
   return args
+
+
+def cap_s(args) -> float:
+  """Wall-clock cap of a step-budgeted run: --stop-at less 4 minutes
+  (to evaluate), at least one minute."""
+  return max(60.0, time_left_s(args) - 240)
+
+
+def time_left_s(args) -> float:
+  """Seconds until --stop-at (UTC HH:MM today), inf without it."""
+  if not args.stop_at:
+    return float('inf')
+  h, m = map(int, args.stop_at.split(':'))
+  now = time.gmtime()
+  return (h * 60 + m) * 60 - (now.tm_hour * 3600 + now.tm_min * 60
+                              + now.tm_sec)
 
 
 def log(msg: str):
@@ -124,14 +167,17 @@ def model_bindings(dim: int, vocab: int) -> list[str]:
 
 
 def train(gin_file: str, bindings: list[str], model_dir: str,
-          minutes: float, batch_size: int) -> float:
-  """`rosetta train` in this process, from scratch, for `minutes`."""
+          minutes: float, batch_size: int, steps: int | None = None,
+          cap_s: float = float('inf')) -> float:
+  """`rosetta train` in this process, from scratch, for `minutes` of wall
+  time, or for `steps` steps (then at most `cap_s` seconds)."""
   shutil.rmtree(model_dir, ignore_errors=True)
+  budget_s = minutes * 60 if steps is None else cap_s
   gin_utils.parse([gin_file], [
       f'train.model_dir = "{model_dir}"',
-      f'train.time_budget_s = {minutes * 60}',
+      f'train.time_budget_s = {budget_s if budget_s < 1e9 else None}',
       f'train.batch_size = {batch_size}',
-      'train.total_steps = 10000000', 'train.eval_period = 0',
+      f'train.total_steps = {steps or 10000000}', 'train.eval_period = 0',
       'train.eval_tasks = []',
       'train.checkpoint_period = 10000000', 'train.log_period = 50',
       'optimizers.learning_rate_schedule.base = 3e-3', *bindings],
@@ -211,7 +257,8 @@ def dual_encoder(args, xquad_sp: str) -> str:
       "train.task_feature_lengths = {'queries': 32, 'positives': 128, "
       "'negatives': 128}",
       *model_bindings(args.dim, padded_vocab_size(SP_SIZE['xquad']))],
-               d, args.aux_budget_minutes, args.batch_size)
+               d, args.aux_budget_minutes, args.batch_size, args.aux_steps,
+               cap_s(args))
   log(f'dual encoder: {last_step(d)} steps in {secs:.0f} s')
   return d
 
@@ -223,12 +270,13 @@ def synthetic(args, name: str, corpus, sp: str) -> str:
               'synthetic_queries.qgen_setup.doc_length = 128',
               *model_bindings(args.dim, padded_vocab_size(SP_SIZE[name]))]
   secs = train(QGEN_GIN[name], bindings, d, args.aux_budget_minutes,
-               args.batch_size)
+               args.batch_size, args.aux_steps, cap_s(args))
   gen = sq.QueryGenerator.from_run(d)
   gin.clear_config()
   start = time.time()
   records = sq.generate(gen, corpus, args.queries_per_doc, seed=0,
-                        top_p=1.0, max_length=32, batch_size=256)
+                        top_p=1.0, max_length=args.query_length,
+                        batch_size=256)
   path = sq.write_queries(os.path.join(args.out, f'{name}_synthetic.jsonl'),
                           records)
   log(f'{name} query generator: {last_step(d)} steps in {secs:.0f} s; '
@@ -258,7 +306,7 @@ def dsi_system(args, name: str, kind: str, sp: str, emb: str | None,
     bindings += [f'dsi_tasks.setup.synthetic_queries = "{queries}"',
                  'dsi_tasks.setup.synthetic_ratio = 1.0']
   secs = train(DSI_GIN[name], bindings, d, args.budget_minutes,
-               args.batch_size)
+               args.batch_size, args.steps, cap_s(args))
   setup, network, length, step = restore_dsi(d)
   start = time.time()
   result = dsi_eval.evaluate_dsi(network, setup, input_length=length,
@@ -280,7 +328,10 @@ def table(results: dict, languages: list[str]) -> str:
   cols = languages + ['avg', 'Cranfield']
   lines = ['| system | metric | ' + ' | '.join(cols) + ' |',
            '|---|---|' + '---:|' * len(cols)]
-  systems = list(dict.fromkeys(s for c in results.values() for s in c))
+  order = ['BM25', 'dual encoder'] + [
+      f'DSI {k}{s}' for k in KINDS for s in ('', ' + synthetic')]
+  systems = sorted(dict.fromkeys(s for c in results.values() for s in c),
+                   key=lambda s: order.index(s) if s in order else 99)
   for system in systems:
     for metric in dsi_eval.METRICS:
       cells = []
@@ -313,13 +364,25 @@ def run_corpus(args, name: str, de_dir: str | None, sps: dict) -> dict:
     emb = dsi_embeddings.save_embeddings(
         os.path.join(args.out, f'{name}_doc_embeddings.npy'),
         dsi_embeddings.doc_embeddings(run, corpus.doc_texts))
-  queries = synthetic(args, name, corpus, sps[name])
-  for kind in args.kinds:
-    for synth in (None, queries):
-      label = f'DSI {kind}' + (' + synthetic' if synth else '')
-      tag = f'{name}_dsi_{kind}' + ('_synthetic' if synth else '')
-      out[label] = dsi_system(args, name, kind, sps[name], emb, synth, tag)
-      save(args, name, out)
+  queries = None
+  if any(s.endswith('+syn') for s in args.systems):
+    queries = synthetic(args, name, corpus, sps[name])
+  for system in args.systems:
+    kind, synth = system.split('+')[0], system.endswith('+syn')
+    label = f'DSI {kind}' + (' + synthetic' if synth else '')
+    tag = f'{name}_dsi_{kind}' + ('_synthetic' if synth else '')
+    if time_left_s(args) < args.budget_minutes * 60 + 180:
+      log(f'{name} {label}: skipped (--stop-at {args.stop_at})')
+      continue
+    try:
+      out[label] = dsi_system(args, name, kind, sps[name], emb,
+                              queries if synth else None, tag)
+    except Exception:  # pylint: disable=broad-except
+      # One broken system must not lose the others' rows.
+      log(f'{name} {label} FAILED:\n{traceback.format_exc()}')
+      gin.clear_config()
+      continue
+    save(args, name, out)
   return out
 
 
@@ -341,8 +404,9 @@ def main_(argv=None):
   import jax
   log(f'jax {jax.__version__} on {jax.devices()[0].platform} '
       f'({os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}); '
-      f'{args.budget_minutes} min per DSI system, '
-      f'{args.aux_budget_minutes} min per auxiliary model, d_model '
+      f'{args.steps or 0} steps / {args.budget_minutes} min per DSI system, '
+      f'{args.aux_steps or 0} steps / {args.aux_budget_minutes} min per '
+      'auxiliary model (0 steps: the minutes bound), d_model '
       f'{args.dim}, {args.queries_per_doc} synthetic queries per document')
   sps = {}
   for name in args.corpora + (['xquad'] if 'xquad' not in args.corpora
@@ -352,6 +416,9 @@ def main_(argv=None):
                                             SP_SIZE[name])
   de_dir = dual_encoder(args, sps['xquad'])
   for name in args.corpora:
+    if time_left_s(args) < args.budget_minutes * 60 + 300:
+      log(f'{name}: skipped (--stop-at {args.stop_at})')
+      continue
     save(args, name, run_corpus(args, name, de_dir, sps))
   languages = list(datasets.XQUAD_LANGUAGES)
   print('\n' + table(_ALL, languages if 'xquad' in _ALL else []))

@@ -145,7 +145,7 @@ class QueryGenerator:
 
   def sample(self, texts: Sequence[str], n: int, *, seed: int = 0,
              top_k: int = 10, top_p: float = 0.95, temperature: float = 1.0,
-             max_length: int = 32, batch_size: int = 64
+             max_length: int = 64, batch_size: int = 64
              ) -> list[list[tuple[str, float]]]:
     """n sampled queries per text: [[(query, log_prob)] * n]. Batches hold
     batch_size // n texts (each repeated n times; rows draw independently)
