@@ -325,7 +325,8 @@ def fmt(m) -> str:
 
 def table(results: dict, languages: list[str]) -> str:
   """Rows: system x metric; columns: XQuAD languages, average, Cranfield."""
-  cols = languages + ['avg', 'Cranfield']
+  cran = 'cranfield' in results
+  cols = languages + ['avg'] + (['Cranfield'] if cran else [])
   lines = ['| system | metric | ' + ' | '.join(cols) + ' |',
            '|---|---|' + '---:|' * len(cols)]
   order = ['BM25', 'dual encoder'] + [
@@ -340,7 +341,8 @@ def table(results: dict, languages: list[str]) -> str:
         cells.append(f'{x[lang][metric]:.3f}' if x and lang in x else '')
       cells.append(f'**{x["average"][metric]:.3f}**' if x else '')
       c = results.get('cranfield', {}).get(system)
-      cells.append(f'{c["average"][metric]:.3f}' if c else '')
+      if cran:
+        cells.append(f'{c["average"][metric]:.3f}' if c else '')
       lines.append(f'| {system} | {metric} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
 

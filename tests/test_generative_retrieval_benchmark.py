@@ -43,3 +43,7 @@ def test_table_rows_in_canonical_order():
       'DSI semantic + synthetic'] * 3
   assert lines[2] == '| BM25 | Hits@1 | 0.500 | **0.500** | 0.500 |'
   assert lines[5].endswith('| 0.500 | **0.500** |  |')
+  # Without Cranfield results, no Cranfield column.
+  del res['cranfield']
+  assert gr.table(res, ['en']).splitlines()[0] == (
+      '| system | metric | en | avg |')
