@@ -113,6 +113,9 @@ def _outputs_text(nb) -> str:
   return '\n'.join(parts)
 
 
+# Each execution trains for 10-20 steps in a fresh kernel (~1 min apiece):
+# end-to-end runs, kept out of the default suite's 15-minute budget.
+@pytest.mark.slow
 @pytest.mark.parametrize('path', NOTEBOOKS, ids=os.path.basename)
 def test_notebook_runs_headless(path, jupyter_env):
   nb = nbformat.read(path, as_version=4)
