@@ -136,7 +136,8 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
           eval_loss_batches: int = 2, peak_flops: float | None = None,
           init_from_hf: str | None = None, stop_after_steps: int | None = None,
           allow_config_change: bool = False,
-          time_budget_s: float | None = None, config_text: str = ''):
+          time_budget_s: float | None = None,
+          cpu_budget_s: float | None = None, config_text: str = ''):
   """Trains `model` on a seqio task or mixture until `total_steps`.
 
   Resumes from the newest good checkpoint in `model_dir` (parameters,
@@ -146,7 +147,11 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
   `stop_after_steps` ends this invocation early (for staged runs);
   `time_budget_s` ends it after that many seconds of this invocation
   (checked at log steps; all processes follow process 0's clock), with a
-  checkpoint, so the same command continues later.
+  checkpoint, so the same command continues later. `cpu_budget_s` does the
+  same after that many process CPU seconds (`time.process_time()`: every
+  thread of this process, XLA's, tf.data's and checkpointing included;
+  time spent waiting for a core held by other jobs, or stopped, does not
+  count) since this invocation's training loop began (compiling included).
   The resolved gin config is written to `model_dir/config.gin`; resuming
   with a different config is refused (with a diff) unless
   `allow_config_change` (then the old file is kept with a timestamp).
@@ -222,16 +227,20 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
       total_steps, start_step + stop_after_steps)
   tokens_since = 0.0
   pending = []
-  started = time.time()
+  started, cpu_started = time.time(), time.process_time()
 
-  def out_of_time() -> bool:
-    if time_budget_s is None:
-      return False
-    over = np.array(time.time() - started > time_budget_s)
+  def over_budget() -> tuple[bool, bool]:
+    """(wall budget passed, CPU budget passed), process 0's verdict."""
+    if time_budget_s is None and cpu_budget_s is None:
+      return False, False
+    over = np.array([
+        time_budget_s is not None and time.time() - started > time_budget_s,
+        cpu_budget_s is not None
+        and time.process_time() - cpu_started > cpu_budget_s])
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
       over = multihost_utils.broadcast_one_to_all(over)
-    return bool(over)
+    return bool(over[0]), bool(over[1])
 
   with checkpoints.PreemptionGuard() as guard:
     while step < end:
@@ -246,8 +255,14 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
           _log_metrics(metrics_log, {'step': s, **host})
         logger.train_report(step, host, tokens_since)
         tokens_since, pending = 0.0, []
-        if out_of_time():
+        over_wall, over_cpu = over_budget()
+        if over_wall:
           _log(f'time budget of {time_budget_s:.0f}s reached at step {step}')
+        if over_cpu:
+          _log(f'CPU budget of {cpu_budget_s:g} CPU s reached at step {step} '
+               f'({time.process_time() - cpu_started:.1f} CPU s, '
+               f'{time.time() - started:.1f} s wall)')
+        if over_wall or over_cpu:
           end = step
       ckpt.save(step, state, pipeline.state())
       if eval_period and step % eval_period == 0:
@@ -264,6 +279,7 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
         ckpt.close()
         logger.close()
         return state
+  loop_cpu, loop_wall = time.process_time() - cpu_started, time.time() - started
   ckpt.save(step, state, pipeline.state(), force=True)
   ckpt.wait()
   ckpt.close()
@@ -271,7 +287,8 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
     logger.eval_report(step, 'validation', eval_loss(state))
     _run_evaluators(evaluators, tr, state, eval_bs, step, logger)
   logger.close()
-  _log(f'done: step {step}')
+  _log(f'done: step {step} (training loop: {loop_cpu:.1f} CPU s, '
+       f'{loop_wall:.1f} s wall)')
   return state
 
 

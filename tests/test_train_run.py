@@ -280,3 +280,28 @@ def test_load_run_gives_the_trained_network(straight):
   assert np.asarray(jax.tree.leaves(out)[0]).shape[0] == 2
   with pytest.raises(FileNotFoundError, match='no config.gin'):
     run_loading.load_run(os.path.dirname(straight))
+
+
+def test_cpu_budget_stops_training_with_a_restorable_checkpoint(tmp_path):
+  """`train.cpu_budget_s`: process CPU seconds since the loop began
+  (compile included), checked at log steps; the stop leaves a checkpoint
+  that restores (here through `load_run`, the model rebuilt from config)."""
+  from rosetta import run_loading
+  d = str(tmp_path)
+  out = run(d, '--gin.train.total_steps=100000',
+            '--gin.train.checkpoint_period=100000',
+            '--gin.train.cpu_budget_s=2.0')
+  stop = [l for l in out.splitlines() if l.startswith('CPU budget of 2 ')]
+  assert len(stop) == 1, out[-3000:]
+  step = int(stop[0].split('reached at step ')[1].split()[0])
+  cpu = float(stop[0].split('(')[1].split(' CPU s')[0])
+  assert 1 <= step < 100000 and cpu > 2.0
+  assert f'done: step {step} (training loop: ' in out
+  assert max(losses(d)) == step
+  assert committed_steps(d) == [step]
+  loaded = run_loading.load_run(d)
+  assert loaded.step == step
+  _, params = final_params(d)
+  from flax import nnx
+  assert_trees_equal(nnx.to_pure_dict(nnx.state(loaded.network, nnx.Param)),
+                     params)
