@@ -57,7 +57,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import sys
 import time
 
@@ -65,6 +64,8 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from cpu_budget import cpu_model, one_thread_xla_flags  # noqa: E402,F401
 
 SYSTEMS = ('rosetta', 'peer')
 LABEL = {'rosetta': 'Rosetta', 'peer': 'HF'}
@@ -498,26 +499,14 @@ def write_json(path, payload):
   os.replace(tmp, path)
 
 
-def cpu_model() -> str:
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
-
-
 def main(argv=None) -> int:
   args = parse_args(argv)
   started = time.time()
   if args.pin:   # before JAX starts: one core, one XLA thread
     import hf_t5_peer
     hf_t5_peer.pin(args.rosetta_core)
-    os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_cpu'
-                               '_multi_thread_eigen=false intra_op_parallel'
-                               'ism_threads=1').strip()
+    os.environ['XLA_FLAGS'] = one_thread_xla_flags(
+        os.environ.get('XLA_FLAGS', ''))
 
   def log(msg):
     print(f'[{time.time() - started:6.0f}s] {msg}', flush=True)

@@ -3,7 +3,7 @@ peer of the same architecture; each dense system with and without hubness
 correction.
 
     python benchmarks/retrieval_quality.py --quick       # ~10 min end to end
-    python benchmarks/retrieval_quality.py               # 20 min per system
+    python benchmarks/retrieval_quality.py               # 20 CPU min each
     python benchmarks/retrieval_quality.py --budget-minutes 10 --full \\
         --out runs/retrieval_quality_full
 
@@ -34,14 +34,18 @@ systems' hyperparameters; `--gin.KEY=VALUE` overrides apply to both):
   optimizer   AdamW (betas 0.9/0.999, eps 1e-8, no weight decay), the gin
               learning rate with linear warmup then constant, global-norm
               clipping: optax in Rosetta, torch.optim.AdamW in the peer
-  time        the same wall-clock budget (`--budget-minutes`) on this CPU,
-              both trainings running AT THE SAME TIME, one compute thread
-              each (`--threads`), each pinned to its own core (Rosetta core
-              0, the peer core 1; `--no-pin` to let them float), so machine
-              load hits both alike; each trainer's own clock (Rosetta:
-              `train.time_budget_s`, which includes building the seqio
-              pipeline and compiling; the peer: from the start of its loop).
-              Rosetta's tf.data input threads share its core.
+  time        the same budget of process CPU seconds (`--budget-minutes`,
+              CPU minutes), as in benchmarks/nmt_quality.py: both train AT
+              THE SAME TIME, one compute thread each (`--threads`), each
+              pinned to its own core (Rosetta core 0, the peer core 1;
+              `--no-pin` to let them float); time spent waiting for a core
+              held by other jobs (or stopped) counts for neither. Rosetta:
+              `train.cpu_budget_s`, every thread of its process (XLA,
+              tf.data, checkpointing) from its training loop's start, so the
+              compile and the pipeline's first batches count, checked every
+              `train.log_period` steps; the peer: `BudgetClock` over its
+              steps (collate and tokenisation included), checked every step.
+              Both report the CPU and wall seconds their loop used.
 
 Rosetta trains through the real trainer (`python -m rosetta.main train`
 with the gin file); the peer in a child process too
@@ -82,7 +86,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -94,6 +97,8 @@ from retrieval_eval import (DENSE_LABEL, eval_sets, evaluate_all,
                             markdown_table, recall_curves, rosetta_system,
                             st_system, summarise)
 from retrieval_peer import write_json
+from cpu_budget import cpu_model, one_thread_xla_flags
+import hf_t5_peer  # benchmarks/hf_t5_peer.py: pin (numpy only)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The repository root is NOT put on sys.path (the editable install finds
@@ -112,8 +117,8 @@ def parse_args(argv):
       formatter_class=argparse.RawDescriptionHelpFormatter,
       epilog=__doc__.split('\n\n', 1)[1])
   p.add_argument('--budget-minutes', type=float, default=None,
-                 help='training wall-clock per dense system (default 20; '
-                 '2.5 with --quick)')
+                 help='training CPU minutes per dense system (process CPU '
+                 'time; default 20, 2.5 with --quick)')
   p.add_argument('--quick', action='store_true',
                  help='short budget, FLORES de/zh, XQuAD en/de/zh/hi')
   p.add_argument('--full', action='store_true',
@@ -152,20 +157,8 @@ def thread_env(threads: int) -> dict:
              OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
              TOKENIZERS_PARALLELISM='false')
   if threads == 1:
-    env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' --xla_cpu_multi_thread_'
-                        'eigen=false intra_op_parallelism_threads=1').strip()
+    env['XLA_FLAGS'] = one_thread_xla_flags(env.get('XLA_FLAGS', ''))
   return env
-
-
-def cpu_model() -> str:
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
 
 
 # ------------------------------------------------------------- config ---
@@ -313,7 +306,7 @@ def rosetta_command(args, run_dir: str, vocab_path: str, init_dir: str,
          f"--gin.train.model_dir='{run_dir}'",
          f"--gin.pair_tasks.setup.vocabulary='{vocab_path}'",
          f"--gin.train.init_from_hf='{init_dir}'",
-         f'--gin.train.time_budget_s={budget_s}',
+         f'--gin.train.cpu_budget_s={budget_s}',
          f'--gin.train.seed={args.seed}']
   if args.gin:
     cmd.append('--gin_bindings=' + '\n'.join(args.gin))
@@ -330,10 +323,11 @@ def run_children(children: dict, sequential: bool, cwd: str, log) -> dict:
     procs = {}
     for name in batch:
       cmd, path, env, cpus = children[name]
-      log(f'{name}: ' + ' '.join(cmd[1:4]) + f' ...  (cores {cpus or "any"};'
+      log(f'{name}: ' + ' '.join(cmd[1:4]) + f' ...  (core '
+          f'{"any" if cpus is None else cpus};'
           f' log: {path})')
       f = open(path, 'w')
-      pin = (lambda c=cpus: os.sched_setaffinity(0, c)) if cpus else None
+      pin = (lambda c=cpus: hf_t5_peer.pin(c)) if cpus is not None else None
       procs[name] = (subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT,
                                       env=env, cwd=cwd, preexec_fn=pin), f,
                      time.time())
@@ -375,6 +369,39 @@ def rosetta_train_log(run_dir: str) -> dict:
               accuracy_last=float(np.mean([r['accuracy'] for r in last])))
 
 
+DONE_RE = re.compile(r'^done: step (\d+) \(training loop: ([\d.]+) CPU s, '
+                     r'([\d.]+) s wall\)', re.M)
+
+
+def rosetta_loop_clock(log_text: str) -> dict:
+  """Rosetta's training-loop CPU and wall seconds (`rosetta.runs.train`'s
+  last line)."""
+  m = DONE_RE.search(log_text)
+  if m is None:
+    raise ValueError('no "done: step N (training loop: ...)" line')
+  return dict(train_cpu_s=float(m.group(2)), train_wall_s=float(m.group(3)))
+
+
+def training_table(training: dict) -> str:
+  """Markdown: the budget each dense system got and what it did with it.
+  CPU s / wall s: its training loop's (what the budget counts); process:
+  the whole child process (imports, data loading and saving included)."""
+  out = ['| system | CPU budget s | CPU s | wall s | CPU s per wall s | '
+         'steps | examples | examples per CPU s | loss first 10 / last 20 '
+         '| process CPU s / wall s |',
+         '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
+  for key, r in sorted(training.items(), key=lambda kv: kv[0] != 'rosetta'):
+    out.append(
+        f"| {DENSE_LABEL.get(key, key)} | {r['budget_s']:.0f} | "
+        f"{r['train_cpu_s']:.1f} | {r['train_wall_s']:.0f} | "
+        f"{r['train_cpu_s'] / max(r['train_wall_s'], 1e-9):.2f} | "
+        f"{r['steps']:,} | {r['examples']:,} | "
+        f"{r['examples'] / max(r['train_cpu_s'], 1e-9):.1f} | "
+        f"{r['loss_first']:.2f} / {r['loss_last']:.2f} | "
+        f"{r['cpu_s']:.0f} / {r['wall_s']:.0f} |")
+  return '\n'.join(out)
+
+
 # --------------------------------------------------------------- main ---
 
 
@@ -414,7 +441,7 @@ def main(argv=None) -> int:
       f"{conf['batch_size']}, lengths {conf['lengths']}, temperature "
       f"{conf['temperature']}, {conf['num_negatives']} hard negative(s), lr "
       f"{conf['lr']} (warmup {conf['warmup']}), budget "
-      f'{args.budget_minutes} min, {args.threads} thread(s) each')
+      f'{args.budget_minutes} CPU min, {args.threads} thread(s) each')
   st_data = os.path.join(out, 'st_train.jsonl')
   counts = st_training_data(conf, st_data, args.seed)
   budget_s = args.budget_minutes * 60
@@ -439,7 +466,8 @@ def main(argv=None) -> int:
       cfg_path = os.path.join(path, 'config.json')
       write_json(cfg_path, dict(
           threads=args.threads, seed=args.seed, init_dir=init_dir,
-          tok_dir=tok_dir, data=st_data, out_dir=path, budget_s=budget_s,
+          tok_dir=tok_dir, data=st_data, out_dir=path,
+          cpu_budget_s=budget_s,
           max_seq_length=conf['lengths']['positives'],
           batch_size=conf['batch_size'], lr=conf['lr'],
           warmup=conf['warmup'], grad_clip=conf['grad_clip'],
@@ -454,7 +482,7 @@ def main(argv=None) -> int:
   if (args.pin and not args.sequential and args.threads == 1
       and len(children) == 2 and len(cores) >= 2):
     for (key, child), core in zip(sorted(children.items()), cores):
-      child[3] = {core}          # one core each: the same hardware
+      child[3] = core            # one core each: the same hardware
   for key, res in run_children(children, args.sequential, out, log).items():
     if res['returncode'] != 0:
       raise SystemExit(f'{key} training failed; see '
@@ -462,18 +490,23 @@ def main(argv=None) -> int:
     path = run_dir if key == 'rosetta' else st_dir
     if key == 'rosetta':
       res.update(rosetta_train_log(path))
+      with open(children[key][1], errors='replace') as f:
+        res.update(rosetta_loop_clock(f.read()))
       res['examples'] = res['steps'] * conf['batch_size']
     else:
       with open(os.path.join(path, 'train_log.json')) as f:
         st_log = json.load(f)
-      res.update({k: st_log[k] for k in ('steps', 'examples', 'loop_s',
-                                         'loss_first', 'loss_last')})
+      res.update({k: st_log[k] for k in ('steps', 'examples', 'loss_first',
+                                         'loss_last')})
+      res.update(train_cpu_s=st_log['train_cpu_s'],
+                 train_wall_s=st_log['loop_s'])
     res['budget_s'] = budget_s
     write_json(os.path.join(path, 'train_result.json'), res)
     training[key] = res
   for key, res in training.items():
     log(f"{key}: {res['steps']} steps ({res['examples']:,} examples) in "
-        f"{res['wall_s']:.0f}s wall, {res['cpu_s']:.0f} CPU-s")
+        f"{res['train_cpu_s']:.1f} CPU s, {res['train_wall_s']:.0f} s wall "
+        f"(process: {res['cpu_s']:.0f} CPU s, {res['wall_s']:.0f} s wall)")
 
   log('evaluation sets ...')
   sets = eval_sets(args)
@@ -500,6 +533,8 @@ def main(argv=None) -> int:
                                log)
   summary = summarise(metrics, sets)
   text = markdown_table(summary)
+  if training:
+    text += '\n\n' + training_table(training)
   files = recall_curves(summary, out)
   load_end = os.getloadavg()
   import jax
@@ -513,7 +548,8 @@ def main(argv=None) -> int:
       jax=jax.__version__, torch=torch.__version__,
       transformers=transformers.__version__,
       sentence_transformers=sentence_transformers.__version__,
-      pinned_cores={k: sorted(c[3]) for k, c in children.items() if c[3]},
+      pinned_cores={k: c[3] for k, c in children.items()
+                    if c[3] is not None},
       args=vars(args),
       config={k: v for k, v in conf.items() if k != 't5_config'},
       rosetta_step=step, mixture_counts_for_peer=counts,
@@ -531,9 +567,10 @@ def main(argv=None) -> int:
     f.write(text + '\n')
   print('\n' + text + '\n')
   for key, res in training.items():
+    wall = res['train_wall_s']
     print(f"{DENSE_LABEL[key]}: {res['steps']} steps, {res['examples']:,} "
-          f"examples, {res['wall_s']:.0f}s wall ({res['cpu_s']:.0f} CPU-s) "
-          f"for a {res['budget_s']:.0f}s budget; load average during "
+          f"examples in {res['train_cpu_s']:.1f} CPU s ({wall:.0f} s wall) "
+          f"for a {res['budget_s']:.0f} CPU s budget; load average during "
           f"training {res['load_average_during']['mean']:.1f}")
   print(f'load average {load_start[0]:.1f} at the start, {load_end[0]:.1f} '
         f'at the end; {time.time() - started:.0f}s in all; results in {out}')

@@ -62,3 +62,26 @@ def test_defaults_and_thread_env():
   env = retrieval_quality.thread_env(1)
   assert env['OMP_NUM_THREADS'] == '1'
   assert 'intra_op_parallelism_threads=1' in env['XLA_FLAGS']
+
+
+def test_cpu_budget_bookkeeping():
+  """Rosetta's loop clock comes from `rosetta.runs.train`'s last line, and
+  the training table shows each system's CPU s, wall s, steps, examples."""
+  text = ('step 450/100000  loss 1.7\nCPU budget of 480 CPU s reached at '
+          'step 450 (481.3 CPU s, 903.5 s wall)\n'
+          'done: step 450 (training loop: 481.4 CPU s, 903.9 s wall)\n')
+  clock = retrieval_quality.rosetta_loop_clock(text)
+  assert clock == {'train_cpu_s': 481.4, 'train_wall_s': 903.9}
+  res = dict(budget_s=480.0, steps=450, examples=14400, loss_first=4.3,
+             loss_last=2.07, cpu_s=530.0, wall_s=990.0, **clock)
+  table = retrieval_quality.training_table(
+      {'rosetta': res, 'st': dict(res, train_cpu_s=480.2, steps=500,
+                                  examples=16000)}).split('\n')
+  assert len(table) == 4 and '| examples |' in table[0]
+  assert table[2] == ('| Rosetta | 480 | 481.4 | 904 | 0.53 | 450 | 14,400 | '
+                      '29.9 | 4.30 / 2.07 | 530 / 990 |')
+  assert table[3].startswith('| sentence-transformers | 480 | 480.2 |')
+  args = retrieval_quality.parse_args(['--budget-minutes', '8'])
+  cmd = retrieval_quality.rosetta_command(args, '/r', '/v', '/i', 480.0)
+  assert '--gin.train.cpu_budget_s=480.0' in cmd
+  assert not any('time_budget_s' in c for c in cmd)
