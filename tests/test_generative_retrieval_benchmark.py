@@ -5,6 +5,8 @@ import os
 import sys
 import time
 
+import gin
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, 'benchmarks'))
 
@@ -47,3 +49,33 @@ def test_table_rows_in_canonical_order():
   del res['cranfield']
   assert gr.table(res, ['en']).splitlines()[0] == (
       '| system | metric | en | avg |')
+
+
+def test_cranfield_only_table_has_no_xquad_columns():
+  """`--corpora cranfield`: the table had an empty XQuAD 'avg' column
+  (and an empty bold cell in every row) before the Cranfield one."""
+  m = {'Hits@1': 0.25, 'Hits@10': 0.5, 'MRR@10': 0.375, 'queries': 65}
+  res = {'cranfield': {'BM25': {'en': m, 'average': m},
+                       'DSI naive': {'en': m, 'average': m}}}
+  lines = gr.table(res, []).splitlines()
+  assert lines[0] == '| system | metric | Cranfield |'
+  assert lines[1] == '|---|---|---:|'
+  assert lines[2] == '| BM25 | Hits@1 | 0.250 |'
+  assert lines[-1] == '| DSI naive | MRR@10 | 0.375 |'
+
+
+def test_learning_rate_default_and_binding(monkeypatch, tmp_path):
+  """AdamW at 3e-3 (the old hard-coded rate) left DSI at chance; the
+  default is 1e-3 and --lr reaches the trainer's schedule."""
+  assert gr.parse_args([]).lr == 1e-3
+  assert gr.parse_args(['--lr', '5e-4']).lr == 5e-4
+  seen = {}
+
+  def fake_train(config_text=''):
+    del config_text
+    seen['lr'] = gin.query_parameter('optimizers.learning_rate_schedule.base')
+    seen['steps'] = gin.query_parameter('train.total_steps')
+  monkeypatch.setattr(gr.runs, 'train', fake_train)
+  gr.train('dsi/xquad_atomic_tiny.gin', [], str(tmp_path / 'm'), 1.0, 32,
+           steps=7, lr=5e-4)
+  assert seen == {'lr': 5e-4, 'steps': 7}
