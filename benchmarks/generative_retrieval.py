@@ -129,6 +129,11 @@ def parse_args(argv=None):
                  help='constrained_decoding.py table (default: quick with '
                  '--quick, else full)')
   args = p.parse_args(argv)
+  # Orbax refuses relative checkpoint paths ("Checkpoint path should be
+  # absolute"): the default --out used to fail at the first checkpoint.
+  args.out = os.path.abspath(args.out)
+  if args.dual_encoder:
+    args.dual_encoder = os.path.abspath(args.dual_encoder)
   quick = args.quick
   args.budget_minutes = args.budget_minutes or (0.5 if quick else 10.0)
   args.aux_budget_minutes = args.aux_budget_minutes or args.budget_minutes

@@ -23,6 +23,16 @@ def test_systems_order_and_kinds():
   assert args.budget_minutes == 10.0 and args.query_length == 24
 
 
+def test_paths_are_absolute():
+  """Orbax refuses relative checkpoint paths: the default --out
+  (runs/generative_retrieval) failed at the dual encoder's first save."""
+  args = gr.parse_args([])
+  assert args.out == os.path.join(os.getcwd(), 'runs/generative_retrieval')
+  args = gr.parse_args(['--out', 'x/y', '--dual-encoder', 'runs/de'])
+  assert os.path.isabs(args.out) and os.path.isabs(args.dual_encoder)
+  assert args.dual_encoder.endswith('runs/de')
+
+
 def test_time_left():
   args = gr.parse_args([])
   assert gr.time_left_s(args) == float('inf')
