@@ -192,7 +192,8 @@ def sample_core(tokens_to_logits: TokensToLogits, cache, *, batch_size: int,
     logits, _, cache = tokens_to_logits(s.last[:, None], s.cache)
     logp = log_softmax(logits)
     logp = procs_lib.apply(processors, logp, DecodeState(s.step, s.seqs, 1))
-    best = jnp.argmax(logp, axis=-1)
+    # = argmax (lowest index on ties); ~3x faster than argmax on XLA:CPU.
+    best = _top_k(logp, 1)[1][:, 0]
     if greedy:
       token = best
     else:
