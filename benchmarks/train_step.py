@@ -30,6 +30,10 @@ tokens = batch * target length. An analytic count of the real matmul FLOPs
     python benchmarks/train_step.py              # the 'small' comparison
     python benchmarks/train_step.py --steps 10 --warmup 3 --batch 8
     python benchmarks/train_step.py --systems hf f32 --order sequential
+    # nmt_quality's model at one thread each, on one core:
+    XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
+      taskset -c 1 python benchmarks/train_step.py --model nmt_small \
+      --batch 16 --length 48 --threads 1 --systems hf f32
 
 It measures, it does not assert; the numbers depend on the machine and on
 whatever else runs on it. Only a quiet machine gives a fair ratio: under
@@ -64,6 +68,10 @@ from rosetta.encoder_decoder import T5Config  # noqa: E402
 SIZES = {
     'small': dict(vocab_size=32128, d_model=512, d_kv=64, num_heads=6,
                   d_ff=1024, num_layers=6, num_decoder_layers=6),
+    # gin/experiments/nmt_cpu_small.gin, the model benchmarks/nmt_quality.py
+    # trains (there: one thread each, batch 16 x 48).
+    'nmt_small': dict(vocab_size=8064, d_model=256, d_kv=64, num_heads=4,
+                      d_ff=1024, num_layers=3, num_decoder_layers=3),
     'tiny': dict(vocab_size=512, d_model=64, d_kv=16, num_heads=4,
                  d_ff=128, num_layers=2, num_decoder_layers=2),
 }
