@@ -198,7 +198,8 @@ class RosettaSystem:
     self.pipeline = data.InputPipeline(
         setup.mixture, split='train', task_feature_lengths=conf['lengths'],
         global_batch_size=conf['batch_size'], partitioner=part,
-        seed=args.seed)
+        seed=args.seed, feature_converter_cls=getattr(
+            self.wrapper, 'FEATURE_CONVERTER_CLS', None))
     self.num_params = int(sum(x.size for x in
                               jax.tree.leaves(self.state['params'])))
     self.vocabulary = setup.vocabulary

@@ -369,6 +369,17 @@ _STATE_FIELDS = ('task', 'split', 'seed', 'shuffle', 'pack',
                  'task_feature_lengths', 'global_batch_size', 'process_count')
 
 
+def converter_name(cls: ConverterCls | None) -> str:
+  """Stable name of a feature converter class (or partial) for the
+  pipeline state: another converter packs another stream."""
+  if cls is None:
+    cls = seqio.EncDecFeatureConverter
+  if isinstance(cls, functools.partial):
+    kw = ', '.join(f'{k}={v!r}' for k, v in sorted(cls.keywords.items()))
+    return f'{converter_name(cls.func)}({kw})'
+  return f'{cls.__module__}.{cls.__qualname__}'
+
+
 class InputPipeline:
   """Global training batches as jax.Arrays, with a checkpointable position.
 
@@ -471,7 +482,8 @@ class InputPipeline:
             'task_feature_lengths': dict(sorted(
                 self.task_feature_lengths.items())),
             'global_batch_size': self.global_batch_size,
-            'process_count': self.process_count}
+            'process_count': self.process_count,
+            'converter': converter_name(self.feature_converter_cls)}
 
   def restore(self, state: Mapping[str, Any], strict: bool = True) -> None:
     """Continues after `state['batches_consumed']` batches of this stream."""
@@ -491,6 +503,13 @@ class InputPipeline:
             f'input pipeline state was saved with {field}={state[field]!r} '
             f'but this pipeline has {field}={mine[field]!r}; resuming would '
             f'not continue the same stream')
+    # States saved before the field existed used seqio's converter.
+    saved = state.get('converter', converter_name(None))
+    if saved != mine['converter']:
+      raise ValueError(
+          f'input pipeline state was saved with feature converter {saved} '
+          f'but this pipeline uses {mine["converter"]} (packing differs); '
+          f'resuming would not continue the same stream')
     n = int(state['batches_consumed'])
     if n < 0:
       raise ValueError(f'batches_consumed={n} must be >= 0')

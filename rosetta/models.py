@@ -23,6 +23,7 @@ from flax import nnx
 from rosetta import decoding
 from rosetta.encoder_decoder import EncoderDecoder, T5Config
 from rosetta.losses import cross_entropy_with_logits  # noqa: F401 (re-export)
+from rosetta.packing import FirstFitEncDecFeatureConverter
 from rosetta.partitioning import Partitioner
 
 
@@ -37,12 +38,16 @@ class EncoderDecoderModel:
                label_smoothing: float = 0.0, z_loss: float = 1e-4,
                max_decode_length: int = 64, num_beams: int = 1,
                alpha: float = 0.6, beta: float = 0.0,
-               length_penalty: str = 'gnmt', processors=None):
+               length_penalty: str = 'gnmt', processors=None,
+               packing: str = 'seqio'):
     """processors: an optional zero-argument callable returning logits
     processors that every `predict_batch` applies (after any passed to it),
     e.g. `@dsi_tasks.processors_for` so evaluation decodes only docids. It
     is called at predict time because tasks (and their tries) are
-    registered after gin builds the model."""
+    registered after gin builds the model.
+    packing: how training batches are packed: 'seqio' (next fit, seqio's
+    own) or 'first_fit' (`rosetta.packing`: first-fit decreasing over 1,024
+    examples; ~1.2x more real target tokens per row on Tatoeba)."""
     self.config = config if config is not None else T5Config()
     if not 0.0 <= label_smoothing < 1.0:
       raise ValueError('EncoderDecoderModel.label_smoothing must be in [0, 1)')
@@ -55,6 +60,13 @@ class EncoderDecoderModel:
       raise TypeError('EncoderDecoderModel.processors must be a zero-argument'
                       f' callable returning processors, got {processors!r}')
     self.processors = processors
+    if packing not in ('seqio', 'first_fit'):
+      raise ValueError(f"EncoderDecoderModel.packing must be 'seqio' or "
+                       f"'first_fit', got {packing!r}")
+    self.packing = packing
+    if packing == 'first_fit':
+      # The input pipeline's converter (t5x's FEATURE_CONVERTER_CLS).
+      self.FEATURE_CONVERTER_CLS = FirstFitEncDecFeatureConverter
 
   # ------------------------------------------------------------- network ---
   def make_network(self, rngs: nnx.Rngs) -> EncoderDecoder:
