@@ -60,7 +60,7 @@ try:
 except ImportError:
   # Only when not installed: with the checkout on sys.path, a `runs/`
   # folder in it is a namespace package and gin's include of
-  # 'runs/train.gin' crashes (BUILD_NOTES, generative retrieval).
+  # 'runs/train.gin' crashes (docs/notes/generative_retrieval.md).
   sys.path.append(os.path.dirname(HERE))
 
 import gin  # noqa: E402
@@ -123,7 +123,8 @@ def parse_args(argv=None):
   p.add_argument('--batch-size', type=int, default=32)
   p.add_argument('--lr', type=float, default=1e-3,
                  help='AdamW learning rate of every trained model (after '
-                 'a 20-step warmup); 3e-3 left DSI at chance (BUILD_NOTES)')
+                 'a 20-step warmup); 3e-3 left DSI at chance '
+                 '(docs/notes/generative_retrieval.md)')
   p.add_argument('--out', default='runs/generative_retrieval')
   p.add_argument('--timing', choices=['quick', 'full', 'skip'], default=None,
                  help='constrained_decoding.py table (default: quick with '

@@ -47,7 +47,9 @@ def corpus():
     texts = list(datasets.flores_sentences('eng_Latn'))
   else:
     texts = []
-    for name in ('README.md', 'BUILD_NOTES.md'):
+    notes = sorted(os.listdir(os.path.join(REPO, 'docs', 'notes')))
+    for name in ('README.md', 'BUILD_NOTES.md',
+                 *(os.path.join('docs', 'notes', n) for n in notes)):
       with open(os.path.join(REPO, name), encoding='utf-8') as f:
         texts += [l.strip() for l in f if len(l.strip()) > 20]
   assert len(texts) > 400
