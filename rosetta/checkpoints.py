@@ -225,6 +225,11 @@ class Checkpointer:
             f'keep_every={keep_every} is not a multiple of save_interval_steps'
             f'={save_interval_steps}: only steps that are multiples of both '
             'would be kept; choose keep_every = k * save_interval_steps')
+    directory = os.fspath(directory)
+    if '://' not in directory:
+      # orbax refuses relative paths at the first save ("Checkpoint path
+      # should be absolute"), e.g. `--gin.train.model_dir="'runs/tiny'"`.
+      directory = os.path.abspath(directory)
     self._directory = epath.Path(directory)
     self._read_only = read_only
     self.save_interval_steps = save_interval_steps

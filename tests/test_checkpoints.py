@@ -152,6 +152,22 @@ def test_data_state_is_json_or_none(tmp_path, mesh_data8):
   ckpt.close()
 
 
+def test_relative_directory_saves_and_restores(tmp_path, mesh_data8,
+                                               monkeypatch):
+  # `--gin.train.model_dir="'runs/tiny'"` (README): orbax itself refuses
+  # relative paths at the first save.
+  monkeypatch.chdir(tmp_path)
+  state = _train_state(mesh_data8)
+  ckpt = Checkpointer(os.path.join('runs', 'rel'), save_interval_steps=1,
+                      async_save=False)
+  assert ckpt.save(1, state, {'batches_consumed': 1})
+  ckpt.close()
+  assert os.path.isdir(tmp_path / 'runs' / 'rel' / '1')
+  again = Checkpointer('runs/rel', save_interval_steps=1, read_only=True)
+  restored = again.restore(checkpoints.abstract_target(state))
+  _assert_trees_equal(restored[1], state)
+
+
 def test_no_checkpoint_restores_none(tmp_path, mesh_data8):
   target = checkpoints.abstract_target(_train_state(mesh_data8))
   assert Checkpointer(tmp_path, save_interval_steps=1).restore(target) is None
