@@ -50,7 +50,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import sys
 import time
@@ -62,6 +61,9 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from rosetta import models, optimizers, partitioning, trainer  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cpu_budget import cpu_model  # noqa: E402
 from rosetta.encoder_decoder import T5Config  # noqa: E402
 
 # Architecture in HF names; Rosetta's T5Config is built from the same dict.
@@ -274,17 +276,6 @@ def timed(system) -> float:
   wall = time.perf_counter() - t
   system.cpu.append(time.process_time() - c)
   return wall
-
-
-def cpu_model() -> str:
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
 
 
 def wait_for_quiet(threshold: float, max_wait: float):
