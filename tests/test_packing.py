@@ -184,6 +184,8 @@ def test_encoder_decoder_model_packing_option():
   from rosetta import models
   assert models.EncoderDecoderModel(packing='first_fit').FEATURE_CONVERTER_CLS \
       is packing.FirstFitEncDecFeatureConverter
-  assert not hasattr(models.EncoderDecoderModel(), 'FEATURE_CONVERTER_CLS')
+  # Explicit 'seqio' (gin bindings left by other tests may set a default).
+  assert not hasattr(models.EncoderDecoderModel(packing='seqio'),
+                     'FEATURE_CONVERTER_CLS')
   with pytest.raises(ValueError, match='packing'):
     models.EncoderDecoderModel(packing='best')
