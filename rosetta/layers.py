@@ -243,9 +243,6 @@ class MultiHeadAttention(nnx.Module):
       k, v = self.cached_key[...], self.cached_value[...]
     else:
       k, v = self.project_kv(inputs_q if inputs_kv is None else inputs_kv)
-      if cache_index is not None and beam_ancestry is not None:
-        return self._beam_step(q, k, v, bias, mask, cache_index,
-                               beam_ancestry, return_probs)
       if cache_index is not None:
         start = (0, 0, cache_index, 0)
         k = jax.lax.dynamic_update_slice(self.cached_key[...], k, start)
@@ -253,8 +250,12 @@ class MultiHeadAttention(nnx.Module):
         self.cached_key[...] = constrain(k, CACHE_AXES)
         self.cached_value[...] = constrain(v, CACHE_AXES)
     if beam_ancestry is not None:
-      raise ValueError('beam_ancestry needs a self-attention cache '
-                       '(cache_index)')
+      if cache_index is None:
+        raise ValueError('beam_ancestry needs a self-attention cache '
+                         '(cache_index)')
+      out = self._output(self._beam_attention(q, k, v, bias, mask,
+                                              beam_ancestry))
+      return (out, None) if return_probs else out
     scores = jnp.einsum('bqhd,bhkd->bhqk', q, k,
                         preferred_element_type=jnp.float32)
     if bias is not None:
@@ -273,17 +274,6 @@ class MultiHeadAttention(nnx.Module):
     out = dense(ctx.reshape(b, q_len, h * d),
                 self.out[...].reshape(h * d, -1), self.dtype)
     return constrain(out.astype(self.dtype), BATCH_LENGTH_EMBED)
-
-  def _beam_step(self, q, k_new, v_new, bias, mask, cache_index, ancestry,
-                 return_probs):
-    """One beam-search step: writes the new keys/values, then attends."""
-    start = (0, 0, cache_index, 0)
-    k = jax.lax.dynamic_update_slice(self.cached_key[...], k_new, start)
-    v = jax.lax.dynamic_update_slice(self.cached_value[...], v_new, start)
-    self.cached_key[...] = constrain(k, CACHE_AXES)
-    self.cached_value[...] = constrain(v, CACHE_AXES)
-    out = self._output(self._beam_attention(q, k, v, bias, mask, ancestry))
-    return (out, None) if return_probs else out
 
   def _beam_attention(self, q, k, v, bias, mask, ancestry):
     """Self-attention of one new token per hypothesis over a cache whose
