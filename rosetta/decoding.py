@@ -1,9 +1,12 @@
 """Compiled decoding: greedy, temperature / top-k / top-p sampling, beam
 search, and teacher-forced scoring.
 
-Each decode is one `jax.lax.while_loop` under `jax.jit`: the encoder runs
-once, the decoder reads and writes its KV cache one token per iteration, and
-the loop exits as soon as every example is finished.
+Each decode runs under one `jax.jit`: the encoder runs once, the decoder
+reads and writes its KV cache one token per iteration of a
+`jax.lax.while_loop`, and the loop exits as soon as every example is
+finished. Long decodes grow the self-attention cache in chunks (32, 64,
+128, ... positions; one loop per chunk, `cache_chunk_ends`) so a step
+reads only the capacity reached so far, not `max_decode_length`.
 
 Two layers, as in t5x's decoding.py:
 
@@ -129,6 +132,49 @@ def _write(seqs, step, tokens):
 # ------------------------------------------------ greedy and sampling ---
 
 
+def cache_chunk_ends(max_decode_length: int, first: int = 32):
+  """Where the decode loop stops to grow the self-attention cache.
+
+  A step reads the whole cache (attention) and rewrites it (bfloat16 has no
+  in-place update on XLA:CPU), so a cache sized for `max_decode_length`
+  from step 0 makes the early steps pay for positions not yet written.
+  The loop instead runs one `while_loop` per chunk, the cache starting at
+  `first` positions and doubling; a chunk is only split off when it saves
+  at least a third of the length. Example: 128 -> (32, 64, 128); 48 ->
+  (48,). Each chunk compiles its own loop body (compile time grows with
+  the number of chunks), so very long decodes still get only log2 chunks.
+  """
+  ends, n = [], first
+  while n * 3 // 2 < max_decode_length:
+    ends.append(n)
+    n *= 2
+  return tuple(ends) + (max_decode_length,)
+
+
+def _chunked_while(cond, body, state, ends, grow_cache):
+  """`while_loop(cond & step < end, body)` for each end in turn, growing
+  `state.cache` to the next end in between (one loop per cache size)."""
+  for j, end in enumerate(ends):
+    if j:
+      state = state._replace(cache=grow_cache(state.cache, end))
+    state = jax.lax.while_loop(
+        lambda s, end=end: (s.step < end) & cond(s), body, state)
+  return state
+
+
+def _check_cache_ends(cache_ends, grow_cache, max_decode_length):
+  if cache_ends is None:
+    return (max_decode_length,)
+  ends = tuple(int(e) for e in cache_ends)
+  if (not ends or ends[-1] != max_decode_length or
+      any(a >= b for a, b in zip(ends, ends[1:])) or ends[0] < 1):
+    raise ValueError(f'cache_ends must increase and end at max_decode_length'
+                     f'={max_decode_length}, got {cache_ends!r}')
+  if len(ends) > 1 and grow_cache is None:
+    raise ValueError('cache_ends with more than one chunk needs grow_cache')
+  return ends
+
+
 def _top_k_mask(x, k: int):
   """Keeps scores >= the k-th largest per row (ties kept, as in HF)."""
   kth = _top_k(x, k)[0][:, -1:]
@@ -172,16 +218,21 @@ def sample_core(tokens_to_logits: TokensToLogits, cache, *, batch_size: int,
                 max_decode_length: int, rng: jax.Array | None = None,
                 temperature=0.0, top_k: int = 0, top_p: float = 1.0,
                 processors: Sequence[Processor] = (), max_lengths=None,
-                eos_id: int = 1, start_id: int = 0):
+                eos_id: int = 1, start_id: int = 0, cache_ends=None,
+                grow_cache=None):
   """Greedy (temperature 0) or ancestral sampling, one token per row a step.
 
   tokens_to_logits(tokens (b, 1), cache) -> (logits (b, v), _, cache).
+  cache_ends / grow_cache: a chunked cache (see `cache_chunk_ends`): the
+    given cache holds cache_ends[0] positions and grow_cache(cache, n)
+    extends it to n when the loop reaches each later chunk.
   temperature: scalar or per-example (b,) array; rows with 0 take the argmax.
   Order as in HF: processors, then temperature, top-k, top-p.
   Returns tokens (b, L) and the log-probabilities of the chosen tokens
   (after processors, before temperature) summed over each row.
   """
   b, L = batch_size, max_decode_length
+  ends = _check_cache_ends(cache_ends, grow_cache, L)
   _check_sampling(temperature, top_k, top_p)
   greedy = isinstance(temperature, (int, float)) and temperature == 0
   if not greedy and rng is None:
@@ -222,8 +273,8 @@ def sample_core(tokens_to_logits: TokensToLogits, cache, *, batch_size: int,
       step=jnp.zeros((), jnp.int32), seqs=jnp.zeros((b, L), jnp.int32),
       last=jnp.full((b,), start_id, jnp.int32), done=jnp.zeros((b,), bool),
       log_prob=jnp.zeros((b,), jnp.float32), cache=cache)
-  out = jax.lax.while_loop(lambda s: (s.step < L) & ~jnp.all(s.done), body,
-                           init)
+  out = _chunked_while(lambda s: ~jnp.all(s.done), body, init, ends,
+                       grow_cache)
   return out.seqs, out.log_prob
 
 
@@ -266,7 +317,8 @@ def beam_search_core(tokens_to_logits: TokensToLogits, cache, *,
                      length_penalty_kind: str = 'gnmt', num_decodes: int = 1,
                      max_lengths=None, processors: Sequence[Processor] = (),
                      source_mask: jax.Array | None = None, eos_id: int = 1,
-                     start_id: int = 0, cache_ancestry: bool = False):
+                     start_id: int = 0, cache_ancestry: bool = False,
+                     cache_ends=None, grow_cache=None):
   """Beam search over a `tokens_to_logits` function.
 
   tokens_to_logits(tokens (b*k, 1), cache) -> (logits (b*k, v),
@@ -285,6 +337,8 @@ def beam_search_core(tokens_to_logits: TokensToLogits, cache, *,
     called as (tokens, cache, ancestry) with ancestry (b, k, L) ints: the
     beam slot (row within the example) whose cache holds the hypothesis's
     state at each position (the current position is its own slot).
+  cache_ends / grow_cache: a chunked cache, as in `sample_core` (grown
+    after tiling, so grow_cache sees b * k rows).
 
   Returns tokens (b, num_decodes, L) and scores (b, num_decodes), best
   first. Scores below NEG_INF / 2 mark slots with no possible sequence
@@ -292,6 +346,7 @@ def beam_search_core(tokens_to_logits: TokensToLogits, cache, *,
   """
   _check_beam_args(num_beams, num_decodes, alpha, beta, length_penalty_kind)
   b, k, L = batch_size, num_beams, max_decode_length
+  ends = _check_cache_ends(cache_ends, grow_cache, L)
   max_lens = _max_lengths(max_lengths, b, L)
   use_cov = beta > 0
   if use_cov and source_mask is None:
@@ -381,8 +436,8 @@ def beam_search_core(tokens_to_logits: TokensToLogits, cache, *,
       ancestry=(jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32)[:, None],
                                  (b, k, L)) if cache_ancestry
                 else jnp.zeros((0,), jnp.int32)))
-  out = jax.lax.while_loop(lambda s: (s.step < L) & ~jnp.all(s.done), body,
-                           init)
+  out = _chunked_while(lambda s: ~jnp.all(s.done), body, init, ends,
+                       grow_cache)
   return out.fin_seqs[:, :num_decodes], out.fin_scores[:, :num_decodes]
 
 
@@ -416,6 +471,7 @@ class _Static:
   max_decode_length: int
   processors: Any        # from _split_processors
   options: tuple         # core keyword arguments that must be static
+  cache_ends: tuple      # chunked self-attention cache (cache_chunk_ends)
 
 
 def _fresh_cache(cache):
@@ -457,8 +513,13 @@ def _decode_jit(graphdef, state, encoder_input_tokens, dynamic, proc_leaves,
   cfg = model.cfg
   b = encoder_input_tokens.shape[0]
   encoded = model.encode(encoder_input_tokens)
-  model.init_cache(encoded, encoder_input_tokens, static.max_decode_length)
+  model.init_cache(encoded, encoder_input_tokens, static.cache_ends[0])
   gd, params, cache, rest = nnx.split(model, nnx.Param, nnx.Cache, ...)
+
+  def grow_cache(cache, length):
+    m = nnx.merge(gd, params, _fresh_cache(cache), rest)
+    m.grow_cache(length)
+    return nnx.state(m, nnx.Cache)
 
   def tokens_to_logits(tokens, cache, ancestry=None):
     fresh = _fresh_cache(cache)
@@ -477,6 +538,7 @@ def _decode_jit(graphdef, state, encoder_input_tokens, dynamic, proc_leaves,
       batch_size=b, max_decode_length=static.max_decode_length,
       processors=_join_processors(proc_leaves, static.processors),
       eos_id=cfg.eos_token_id, start_id=cfg.decoder_start_token_id,
+      cache_ends=static.cache_ends, grow_cache=grow_cache,
       **dynamic, **dict(static.options))
   if static.strategy == 'beam':
     # The decoder reads its self-attention history through the ancestry,
@@ -489,7 +551,7 @@ def _decode_jit(graphdef, state, encoder_input_tokens, dynamic, proc_leaves,
 
 
 def _run(model, encoder_input_tokens, strategy, max_decode_length,
-         processors, dynamic, options):
+         processors, dynamic, options, chunked_cache: bool = True):
   tokens = jnp.asarray(encoder_input_tokens)
   if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
     raise ValueError(f'encoder_input_tokens must be (batch, length) ints, '
@@ -505,13 +567,16 @@ def _run(model, encoder_input_tokens, strategy, max_decode_length,
   graphdef, state = nnx.split(model)
   proc_leaves, proc_static = _split_processors(processors)
   static = _Static(strategy, max_decode_length, proc_static,
-                   tuple(sorted(options.items())))
+                   tuple(sorted(options.items())),
+                   cache_chunk_ends(max_decode_length) if chunked_cache
+                   else (max_decode_length,))
   return _decode_jit(graphdef, state, tokens, dynamic, proc_leaves,
                      static=static)
 
 
 def greedy(model, encoder_input_tokens, *, max_decode_length: int,
-           processors: Sequence[Processor] = (), max_lengths=None):
+           processors: Sequence[Processor] = (), max_lengths=None,
+           chunked_cache: bool = True):
   """Greedy decoding: (b, S) source tokens -> tokens (b, L), log-probs (b,).
 
   Example: ``greedy(model, x, max_decode_length=8)`` on x of shape (3, 20)
@@ -520,13 +585,13 @@ def greedy(model, encoder_input_tokens, *, max_decode_length: int,
   """
   return _run(model, encoder_input_tokens, 'sample', max_decode_length,
               processors, dict(max_lengths=max_lengths),
-              dict(temperature=0.0))
+              dict(temperature=0.0), chunked_cache)
 
 
 def sample(model, encoder_input_tokens, *, rng: jax.Array,
            max_decode_length: int, temperature=1.0, top_k: int = 0,
            top_p: float = 1.0, processors: Sequence[Processor] = (),
-           max_lengths=None):
+           max_lengths=None, chunked_cache: bool = True):
   """Temperature sampling with optional top-k and nucleus (top-p) filters.
 
   temperature: float or per-example (b,) array (0 = greedy for that row).
@@ -538,18 +603,19 @@ def sample(model, encoder_input_tokens, *, rng: jax.Array,
   if isinstance(temperature, (int, float)) and temperature == 0:
     return greedy(model, encoder_input_tokens,
                   max_decode_length=max_decode_length, processors=processors,
-                  max_lengths=max_lengths)
+                  max_lengths=max_lengths, chunked_cache=chunked_cache)
   return _run(model, encoder_input_tokens, 'sample', max_decode_length,
               processors,
               dict(max_lengths=max_lengths, rng=rng,
                    temperature=jnp.asarray(temperature, jnp.float32)),
-              dict(top_k=top_k, top_p=float(top_p)))
+              dict(top_k=top_k, top_p=float(top_p)), chunked_cache)
 
 
 def beam_search(model, encoder_input_tokens, *, num_beams: int,
                 max_decode_length: int, alpha: float = 0.6, beta: float = 0.0,
                 length_penalty: str = 'gnmt', num_decodes: int = 1,
-                processors: Sequence[Processor] = (), max_lengths=None):
+                processors: Sequence[Processor] = (), max_lengths=None,
+                chunked_cache: bool = True):
   """Beam search (see the module docstring for the exact semantics).
 
   length_penalty: 'gnmt' divides by ((5 + len) / 6) ** alpha, 'hf' by
@@ -565,7 +631,7 @@ def beam_search(model, encoder_input_tokens, *, num_beams: int,
               processors, dict(max_lengths=max_lengths),
               dict(num_beams=num_beams, alpha=float(alpha), beta=float(beta),
                    length_penalty_kind=length_penalty,
-                   num_decodes=num_decodes))
+                   num_decodes=num_decodes), chunked_cache)
 
 
 @functools.partial(jax.jit, static_argnames=('graphdef',))

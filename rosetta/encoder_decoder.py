@@ -321,17 +321,27 @@ class EncoderDecoder(nnx.Module):
         encoder_input_tokens != self.cfg.pad_token_id,
         logical_axes=('cache_batch', 'cache_length'))
 
+  def grow_cache(self, max_decode_length: int):
+    """Extends every self-attention cache to `max_decode_length` positions,
+    keeping what is written (`decoding` runs one loop per cache chunk)."""
+    for layer in self.decoder.layers:
+      layer.self_attention.grow_cache(max_decode_length)
+
   def decode_step(self, decoder_input_tokens, beam_ancestry=None):
     """Runs (b, c) new tokens (usually c = 1) at the cache position.
 
     Returns f32 logits (b, c, v) and the last layer's head-averaged
     cross-attention (b, c, source length); advances the cache index by c.
-    beam_ancestry: optional (b / beams, beams, max_len) ints for beam search
+    beam_ancestry: optional (b / beams, beams, L) ints for beam search
       without cache reordering (`layers.MultiHeadAttention`); c must be 1.
+      L may exceed the cache's current length (a chunked cache): only the
+      first cache-length positions are read.
     """
     index = self.decoder.cache_index[...]
     b, c = decoder_input_tokens.shape
     max_len = self.decoder.layers[0].self_attention.cached_key.shape[2]
+    if beam_ancestry is not None and beam_ancestry.shape[-1] > max_len:
+      beam_ancestry = beam_ancestry[..., :max_len]
     q_pos = jnp.broadcast_to(index + jnp.arange(c, dtype=jnp.int32), (b, c))
     k_pos = jnp.broadcast_to(jnp.arange(max_len, dtype=jnp.int32),
                              (b, max_len))

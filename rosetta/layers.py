@@ -214,6 +214,17 @@ class MultiHeadAttention(nnx.Module):
     self.cached_key = nnx.Cache(zeros, logical_axes=CACHE_AXES)
     self.cached_value = nnx.Cache(zeros, logical_axes=CACHE_AXES)
 
+  def grow_cache(self, max_length: int):
+    """Extends the self-attention cache to `max_length` positions (zeros
+    after the written prefix). Decoding grows the cache in chunks so each
+    step reads and writes only the capacity reached so far."""
+    length = self.cached_key.shape[2]
+    if max_length < length:
+      raise ValueError(f'grow_cache: {max_length} < current length {length}')
+    pad = [(0, 0), (0, 0), (0, max_length - length), (0, 0)]
+    for var in (self.cached_key, self.cached_value):
+      var.set_value(constrain(jnp.pad(var[...], pad), CACHE_AXES))
+
   def set_static_kv(self, inputs_kv):
     """Projects the encoder output once, for cross-attention while decoding."""
     k, v = self.project_kv(inputs_kv)

@@ -17,7 +17,7 @@ from rosetta.encoder_decoder import EncoderDecoder, T5Config
 
 CFG = T5Config(vocab_size=64, emb_dim=32, num_heads=2, head_dim=8, mlp_dim=48,
                num_encoder_layers=1, num_decoder_layers=2, dropout_rate=0.0)
-BATCH, BEAMS, LENGTH = 2, 4, 12
+BATCH, BEAMS = 2, 4
 
 
 def _while_bodies(hlo: str) -> list[str]:
@@ -28,7 +28,7 @@ def _while_bodies(hlo: str) -> list[str]:
   return [comps[n] for n in names]
 
 
-def _compiled(dtype: str, strategy: str) -> str:
+def _compiled(dtype: str, strategy: str, length: int) -> str:
   model = EncoderDecoder(T5Config(**{**CFG.__dict__, 'dtype': dtype}),
                          rngs=nnx.Rngs(0))
   graphdef, state = nnx.split(model)
@@ -38,23 +38,34 @@ def _compiled(dtype: str, strategy: str) -> str:
   def run(st, x):
     m = nnx.merge(graphdef, st)
     if strategy == 'greedy':
-      return decoding.greedy(m, x, max_decode_length=LENGTH)
+      return decoding.greedy(m, x, max_decode_length=length)
     return decoding.beam_search(m, x, num_beams=BEAMS,
-                                max_decode_length=LENGTH)
+                                max_decode_length=length)
   return jax.jit(run).lower(state, x).compile().as_text()
 
 
 @pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
 @pytest.mark.parametrize('strategy', ['greedy', 'beam'])
-def test_decode_loop_never_copies_the_kv_cache(dtype, strategy):
+@pytest.mark.parametrize('length', [12, 80])
+def test_decode_loop_never_copies_the_kv_cache(dtype, strategy, length):
   """Each step writes one position into every layer's self-attention cache
   in place. A copy of a whole cache inside the loop body costs a full
   cache read + write per layer and step: a beam-attention read of the
   cache in another shape once made XLA:CPU copy each cache twice a step
-  (~40% of a beam-4 step at 128 tokens)."""
+  (~40% of a beam-4 step at 128 tokens). Length 80 runs a chunked cache:
+  one loop per chunk, each with its own cache size."""
   rows = BATCH * (BEAMS if strategy == 'beam' else 1)
-  cache = rf'\[{rows},{CFG.num_heads},{LENGTH},{CFG.head_dim}\]'
-  grouped = rf'\[{BATCH},{BEAMS},{CFG.num_heads},{LENGTH},{CFG.head_dim}\]'
-  for body in _while_bodies(_compiled(dtype, strategy)):
+  h, d = CFG.num_heads, CFG.head_dim
+  cache = rf'\[{rows},{h},\d+,{d}\]'
+  grouped = rf'\[{BATCH},{BEAMS},{h},\d+,{d}\]'
+  bodies = _while_bodies(_compiled(dtype, strategy, length))
+  ends = decoding.cache_chunk_ends(length)
+  assert len(ends) == (1 if length == 12 else 2)
+  sizes = set()
+  for body in bodies:
     copies = re.findall(rf'= \w+(?:{cache}|{grouped})\S* copy\(', body)
     assert not copies, f'{len(copies)} KV-cache copies per decode step'
+    sizes |= {int(n) for n in re.findall(rf'\[{rows},{h},(\d+),{d}\]',
+                                          body)}
+  # Every chunk's loop attends over its own cache size, never a larger one.
+  assert set(ends) <= sizes, (ends, sorted(sizes))
