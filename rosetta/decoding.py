@@ -318,7 +318,8 @@ def beam_search_core(tokens_to_logits: TokensToLogits, cache, *,
                      max_lengths=None, processors: Sequence[Processor] = (),
                      source_mask: jax.Array | None = None, eos_id: int = 1,
                      start_id: int = 0, cache_ancestry: bool = False,
-                     cache_ends=None, grow_cache=None):
+                     cache_ends=None, grow_cache=None,
+                     tile_cache=None):
   """Beam search over a `tokens_to_logits` function.
 
   tokens_to_logits(tokens (b*k, 1), cache) -> (logits (b*k, v),
@@ -339,6 +340,9 @@ def beam_search_core(tokens_to_logits: TokensToLogits, cache, *,
     state at each position (the current position is its own slot).
   cache_ends / grow_cache: a chunked cache, as in `sample_core` (grown
     after tiling, so grow_cache sees b * k rows).
+  tile_cache(cache, k): makes the per-beam cache from the per-example one
+    (default `tile_beams`: every batched leaf repeated k times); a model
+    may keep leaves it only reads (encoder K/V) per example.
 
   Returns tokens (b, num_decodes, L) and scores (b, num_decodes), best
   first. Scores below NEG_INF / 2 mark slots with no possible sequence
@@ -432,7 +436,7 @@ def beam_search_core(tokens_to_logits: TokensToLogits, cache, *,
       fin_seqs=jnp.zeros((b, k, L), jnp.int32),
       fin_scores=jnp.full((b, k), NEG_INF, jnp.float32),
       fin_flags=jnp.zeros((b, k), bool), done=jnp.zeros((b,), bool),
-      cache=tile_beams(cache, k),
+      cache=(tile_cache or tile_beams)(cache, k),
       ancestry=(jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32)[:, None],
                                  (b, k, L)) if cache_ancestry
                 else jnp.zeros((0,), jnp.int32)))
@@ -516,6 +520,16 @@ def _decode_jit(graphdef, state, encoder_input_tokens, dynamic, proc_leaves,
   model.init_cache(encoded, encoder_input_tokens, static.cache_ends[0])
   gd, params, cache, rest = nnx.split(model, nnx.Param, nnx.Cache, ...)
 
+  def tile_self_attention(cache, k):
+    """Per-beam rows for the self-attention caches only; the encoder K/V
+    and mask stay per example (cross-attention groups the beams)."""
+    def fn(path, var):
+      value = var.get_value()
+      if 'self_attention' not in map(str, path) or not jnp.ndim(value):
+        return var
+      return var.replace(jnp.repeat(value, k, axis=0))
+    return nnx.map_state(fn, cache)
+
   def grow_cache(cache, length):
     m = nnx.merge(gd, params, _fresh_cache(cache), rest)
     m.grow_cache(length)
@@ -546,7 +560,7 @@ def _decode_jit(graphdef, state, encoder_input_tokens, dynamic, proc_leaves,
     return beam_search_core(
         tokens_to_logits, cache,
         source_mask=encoder_input_tokens != cfg.pad_token_id,
-        cache_ancestry=True, **common)
+        cache_ancestry=True, tile_cache=tile_self_attention, **common)
   return sample_core(tokens_to_logits, cache, **common)
 
 

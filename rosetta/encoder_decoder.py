@@ -179,7 +179,9 @@ class DecoderLayer(nnx.Module):
     h, probs = self.cross_attention(
         self.pre_cross_attention_norm(x), encoded, mask=cross_mask,
         use_static_kv=cache_index is not None, deterministic=deterministic,
-        rngs=rngs, return_probs=True)
+        rngs=rngs, return_probs=True,
+        # Beam search keeps one encoder K/V row per example, not per beam.
+        beam_groups=None if beam_ancestry is None else beam_ancestry.shape[1])
     x = x + drop(h)
     h = self.mlp(self.pre_mlp_norm(x), deterministic=deterministic, rngs=rngs)
     return x + drop(h), probs
@@ -334,6 +336,8 @@ class EncoderDecoder(nnx.Module):
     cross-attention (b, c, source length); advances the cache index by c.
     beam_ancestry: optional (b / beams, beams, L) ints for beam search
       without cache reordering (`layers.MultiHeadAttention`); c must be 1.
+      The self-attention cache then has b rows (one per beam), the
+      cross-attention K/V and `encoder_valid` b / beams (one per example).
       L may exceed the cache's current length (a chunked cache): only the
       first cache-length positions are read.
     """
@@ -347,9 +351,9 @@ class EncoderDecoder(nnx.Module):
                              (b, max_len))
     self_bias = self.decoder.relpos_bias(q_pos, k_pos)
     self_mask = (k_pos[:, None, :] <= q_pos[:, :, None])[:, None]
-    cross_mask = jnp.broadcast_to(
-        self.encoder_valid[...][:, None, None, :],
-        (b, 1, c, self.encoder_valid.shape[1]))
+    valid = self.encoder_valid[...]          # (b, S), or (b / beams, S)
+    cross_mask = jnp.broadcast_to(valid[:, None, None, :],
+                                  (valid.shape[0], 1, c, valid.shape[1]))
     embedded = self.shared_embedding(decoder_input_tokens)
     return self.decoder(embedded, None, self_bias, self_mask, cross_mask,
                         self.shared_embedding, True, None, decode=True,

@@ -236,7 +236,8 @@ class MultiHeadAttention(nnx.Module):
   def __call__(self, inputs_q, inputs_kv=None, *, bias=None, mask=None,
                cache_index=None, use_static_kv: bool = False,
                deterministic: bool = True, rngs: nnx.Rngs | None = None,
-               return_probs: bool = False, beam_ancestry=None):
+               return_probs: bool = False, beam_ancestry=None,
+               beam_groups: int | None = None):
     """inputs_q (b, q, e); inputs_kv (b, k, e) or None for self-attention.
     Caches hold keys and values as (b, h, length, d).
 
@@ -248,6 +249,9 @@ class MultiHeadAttention(nnx.Module):
       one query token: rows are n groups of `beams` hypotheses, and the key
       at position t of row (g, i) is in cache row (g, beam_ancestry[g, i, t]).
       Beam search then never reorders the cache (see `_beam_attention`).
+    beam_groups: with use_static_kv, the cross-attention K/V (and mask) hold
+      one row per example while the queries hold `beam_groups` consecutive
+      rows (beams) per example: the K/V are never tiled per beam.
     """
     q = constrain(self._project(inputs_q, self.query), BATCH_LENGTH_HEADS_KV)
     if use_static_kv:
@@ -260,6 +264,13 @@ class MultiHeadAttention(nnx.Module):
         v = jax.lax.dynamic_update_slice(self.cached_value[...], v, start)
         self.cached_key[...] = constrain(k, CACHE_AXES)
         self.cached_value[...] = constrain(v, CACHE_AXES)
+    if beam_groups is not None:
+      if not use_static_kv:
+        raise ValueError('beam_groups is for cross-attention over the static '
+                         'K/V (use_static_kv)')
+      ctx, probs = self._grouped_attention(q, k, v, mask, beam_groups)
+      out = self._output(ctx)
+      return (out, probs) if return_probs else out
     if beam_ancestry is not None:
       if cache_index is None:
         raise ValueError('beam_ancestry needs a self-attention cache '
@@ -285,6 +296,36 @@ class MultiHeadAttention(nnx.Module):
     out = dense(ctx.reshape(b, q_len, h * d),
                 self.out[...].reshape(h * d, -1), self.dtype)
     return constrain(out.astype(self.dtype), BATCH_LENGTH_EMBED)
+
+  def _grouped_attention(self, q, k, v, mask, groups: int):
+    """Queries (n * groups, q, h, d) over K/V (n, h, S, d) shared by each
+    run of `groups` query rows, mask (n, 1, q, S). Returns the context
+    (n * groups, q, h, d) and probabilities (n * groups, h, q, S).
+
+    Beam search's cross-attention: tiling the encoder K/V once per beam
+    made every step read `groups` copies of them.
+    """
+    rows, q_len, h, d = q.shape
+    n = k.shape[0]
+    if rows != n * groups:
+      raise ValueError(f'beam_groups={groups}: {rows} query rows for {n} '
+                       f'K/V rows')
+    qg = q.reshape(n, groups * q_len, h, d)              # (n, m = (i, q), h, d)
+    # Keys on the left, as in `_beam_attention` (f32 q @ k^T with few query
+    # rows is a slow XLA:CPU kernel).
+    scores = jnp.einsum('nhsd,nmhd->nhsm', k, qg.astype(k.dtype),
+                        preferred_element_type=jnp.float32)
+    if mask is not None:
+      m = jnp.broadcast_to(mask, (n, 1, q_len, mask.shape[-1]))
+      m = jnp.tile(jnp.swapaxes(m, 2, 3), (1, 1, 1, groups))   # (n, 1, S, m)
+      scores = jnp.where(m, scores, NEG_INF)
+    probs = jax.nn.softmax(scores, axis=2)
+    ctx = jnp.einsum('nhsm,nhsd->nmhd', probs.astype(self.dtype), v,
+                     preferred_element_type=jnp.float32)
+    ctx = ctx.astype(self.dtype).reshape(rows, q_len, h, d)
+    probs = jnp.transpose(probs.reshape(n, h, -1, groups, q_len),
+                          (0, 3, 1, 4, 2)).reshape(rows, h, q_len, -1)
+    return ctx, probs
 
   def _beam_attention(self, q, k, v, bias, mask, ancestry):
     """Self-attention of one new token per hypothesis over a cache whose
