@@ -121,3 +121,32 @@ def test_grow_cache_keeps_the_written_prefix(model_and_inputs):
   np.testing.assert_allclose(np.asarray(grown, np.float32),
                              np.asarray(ref.decode_step(dec[:, 5:12])[0],
                                         np.float32), rtol=1e-5, atol=1e-5)
+
+
+def test_grouped_cross_attention_equals_tiled(model_and_inputs):
+  """Beam search keeps the encoder K/V one row per example; the grouped
+  attention must equal plain attention over K/V tiled per beam (context
+  and the probabilities the coverage penalty reads)."""
+  model, x = model_and_inputs
+  attn = nnx.clone(model.decoder.layers[0].cross_attention)
+  beams, n, s = 3, x.shape[0], x.shape[1]
+  rng = np.random.default_rng(4)
+  enc = jnp.asarray(rng.normal(size=(n, s, CFG.emb_dim)), attn.dtype)
+  q = jnp.asarray(rng.normal(size=(n * beams, 1, CFG.emb_dim)), attn.dtype)
+  mask = jnp.asarray(x != 0)[:, None, None, :]                  # (n, 1, 1, S)
+  attn.set_static_kv(enc)
+  out_g, probs_g = attn(q, mask=mask, use_static_kv=True, return_probs=True,
+                        beam_groups=beams)
+  attn.set_static_kv(jnp.repeat(enc, beams, axis=0))
+  out_t, probs_t = attn(q, mask=jnp.repeat(mask, beams, axis=0),
+                        use_static_kv=True, return_probs=True)
+  tol = dict(rtol=_rtol(model) * 10, atol=_rtol(model) * 10)
+  np.testing.assert_allclose(np.asarray(probs_g), np.asarray(probs_t), **tol)
+  assert not np.asarray(probs_g)[2 * beams:, :, :, 6:].any()    # padding
+  np.testing.assert_allclose(np.asarray(out_g, np.float32),
+                             np.asarray(out_t, np.float32),
+                             rtol=0.02 if attn.dtype != jnp.float32 else 1e-5,
+                             atol=0.02 if attn.dtype != jnp.float32 else 1e-5)
+  with pytest.raises(ValueError, match='4 query rows for 3'):
+    attn.set_static_kv(enc)
+    attn(q[:4], mask=mask, use_static_kv=True, beam_groups=1)
