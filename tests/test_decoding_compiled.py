@@ -17,7 +17,7 @@ from rosetta.encoder_decoder import EncoderDecoder, T5Config
 
 CFG = T5Config(vocab_size=64, emb_dim=32, num_heads=2, head_dim=8, mlp_dim=48,
                num_encoder_layers=1, num_decoder_layers=2, dropout_rate=0.0)
-BATCH, BEAMS = 2, 4
+BATCH, BEAMS, SOURCE = 2, 4, 7
 
 
 def _while_bodies(hlo: str) -> list[str]:
@@ -32,7 +32,7 @@ def _compiled(dtype: str, strategy: str, length: int) -> str:
   model = EncoderDecoder(T5Config(**{**CFG.__dict__, 'dtype': dtype}),
                          rngs=nnx.Rngs(0))
   graphdef, state = nnx.split(model)
-  x = np.random.default_rng(0).integers(2, CFG.vocab_size, (BATCH, 7))
+  x = np.random.default_rng(0).integers(2, CFG.vocab_size, (BATCH, SOURCE))
   x = x.astype(np.int32)
 
   def run(st, x):
@@ -69,3 +69,10 @@ def test_decode_loop_never_copies_the_kv_cache(dtype, strategy, length):
                                           body)}
   # Every chunk's loop attends over its own cache size, never a larger one.
   assert set(ends) <= sizes, (ends, sorted(sizes))
+  if strategy == 'beam':
+    # The encoder K/V (source length 7) stay one row per example: a copy
+    # tiled per beam would make each step read them `BEAMS` times.
+    tiled = rf'\[{BATCH * BEAMS},{h},{SOURCE},{d}\]'
+    for body in bodies:
+      assert not re.search(tiled, body), 'encoder K/V tiled per beam'
+      assert re.search(rf'\[{BATCH},{h},{SOURCE},{d}\]', body)
