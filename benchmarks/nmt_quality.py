@@ -133,7 +133,10 @@ def parse_args(argv=None):
   if args.deadline:
     now = datetime.datetime.now(datetime.timezone.utc)
     hh, mm = (int(x) for x in args.deadline.split(':'))
-    args.deadline = now.replace(hour=hh, minute=mm, second=0).timestamp()
+    deadline = now.replace(hour=hh, minute=mm, second=0, microsecond=0)
+    if deadline <= now:  # HH:MM already passed today: it means tomorrow's
+      deadline += datetime.timedelta(days=1)
+    args.deadline = deadline.timestamp()
   return args
 
 

@@ -187,3 +187,71 @@ def test_rosetta_plot_cli(run_dir, tmp_path, monkeypatch, capsys):
   with pytest.raises(SystemExit):
     main.cli(['plot', 'histogram', run_dir])
   assert "invalid choice: 'histogram'" in capsys.readouterr().err
+
+
+def quality_rows():
+  """Rows in benchmarks/nmt_quality.py's format: two systems, two budgets,
+  Tatoeba and FLORES both ways for de and fr; the peer's 30-minute FLORES
+  de-en is missing (so that budget drops out of the peer's FLORES xx->en
+  and 'all' lines)."""
+  rows = []
+  for system, base in (('rosetta', 20.0), ('peer', 15.0)):
+    for budget in (15, 30):
+      for corpus in ('tatoeba', 'flores'):
+        for i, direction in enumerate(('de-en', 'fr-en', 'en-de', 'en-fr')):
+          if (system, budget, corpus, direction) == ('peer', 30, 'flores',
+                                                     'de-en'):
+            continue
+          chrf = base + budget / 3 + i + (10 if corpus == 'tatoeba' else 0)
+          rows.append(dict(system=system, budget_min=budget, corpus=corpus,
+                           direction=direction, n=100, chrf=chrf,
+                           bleu=chrf / 3, sample='x'))
+  return rows
+
+
+def test_quality_curves_match_the_benchmark_table(tmp_path):
+  sys.path.insert(0, os.path.join(REPO, 'benchmarks'))
+  import nmt_quality
+  rows = quality_rows()
+  path = tmp_path / 'results.json'
+  path.write_text(json.dumps({'results': rows}))
+  result = plots.quality_curves(str(path))
+  assert result.path == str(tmp_path / 'results.png')
+  assert_png(result.path)
+  s = result.series
+  assert set(s) == {'all', 'tatoeba xx->en', 'tatoeba en->xx',
+                    'flores xx->en', 'flores en->xx'}
+  # Rosetta Tatoeba xx->en at 15 min: de-en 35, fr-en 36.
+  assert s['tatoeba xx->en']['rosetta'] == ([15.0, 30.0], [35.5, 40.5])
+  assert s['flores xx->en']['peer'] == ([15.0], [20.5])   # 30 incomplete
+  assert s['all']['peer'][0] == [15.0]
+  # The same averages as the benchmark's own markdown table.
+  snaps = {k: [] for k in ('rosetta', 'peer')}
+  text = nmt_quality.table(rows, snaps, ['rosetta', 'peer'])
+  compared = 0
+  for line in text.splitlines():
+    cells = [c.strip() for c in line.strip('|').split('|')]
+    if cells[0].startswith('**avg ') and 'all**' not in cells[0]:
+      group = cells[0][len('**avg '):-2]
+      budget = float(cells[2])
+      xs, ys = s[group]['rosetta']
+      assert ys[xs.index(budget)] == pytest.approx(float(cells[3]), abs=0.05)
+      compared += 1
+  assert compared == 8  # 4 groups x 2 budgets
+
+
+@pytest.mark.parametrize('bad,message', [
+    ([], 'expected {"results": [rows]}'),
+    ({'results': [{'system': 'rosetta', 'budget_min': 15}]},
+     "results[0] lacks ['chrf', 'corpus', 'direction']"),
+    ({'results': [dict(system='rosetta', budget_min=15, corpus='flores',
+                       direction='deen', chrf=1.0)]},
+     "results[0]: direction 'deen' is not"),
+])
+def test_quality_format_errors(bad, message, tmp_path):
+  path = tmp_path / 'q.json'
+  path.write_text(json.dumps(bad))
+  with pytest.raises(ValueError) as e:
+    plots.quality_curves(str(path))
+  assert message in str(e.value) and str(path) in str(e.value)
+  assert not list(tmp_path.glob('*.png'))

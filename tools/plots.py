@@ -3,6 +3,7 @@
     rosetta plot curves runs/main        # -> runs/main/plots/training_curves.png
     rosetta plot table runs/main/translation_table.json
     rosetta plot recall runs/retrieval/recall_at_k.json --out recall.png
+    rosetta plot quality runs/nmt_quality/results.json
 
 (`python tools/plots.py ...` is the same.) From Python:
 
@@ -10,7 +11,7 @@
     result = plots.training_curves('runs/main', 'curves.png')
     result.series['loss']['train']     # ([5, 10, ...], [7.31, 7.02, ...])
 
-Three figures:
+Four figures:
 
 - `training_curves`: from the TensorBoard event files under `RUN_DIR/tb`
   (`rosetta train` writes `tb/train`, `tb/validation`, `tb/eval/<task>`):
@@ -24,6 +25,9 @@ Three figures:
   ``{system: {k: recall}}``, k a positive integer (a string in JSON),
   recall a fraction in [0, 1], e.g.
   ``{"bm25": {"1": 0.31, "10": 0.62, "100": 0.85}, "dual_encoder": {...}}``.
+- `quality_curves`: average chrF against training CPU minutes per system,
+  overall and per corpus and direction kind, from the results JSON of
+  `benchmarks/nmt_quality.py`.
 
 Every function returns a `Plot` (the PNG path and the series it drew, so
 tests and notebooks can check them). Figures are built on matplotlib's
@@ -311,6 +315,89 @@ def recall_curves(recall, out_path: str | None = None) -> Plot:
   return Plot(save_png(fig, out_path), curves)
 
 
+# ------------------------------------------- quality vs training time ---
+
+_SYSTEM_LABELS = {'rosetta': 'Rosetta', 'peer': 'HF transformers (peer)'}
+_QUALITY_GROUPS = ('all', 'tatoeba xx->en', 'tatoeba en->xx', 'flores xx->en',
+                   'flores en->xx')
+
+
+def _quality_groups(corpus: str, direction: str) -> list[str]:
+  """The averages a (corpus, 'src-tgt') row belongs to."""
+  parts = direction.split('-')
+  if len(parts) != 2 or not all(parts):
+    raise ValueError(f'direction {direction!r} is not "src-tgt"')
+  kind = 'xx->en' if parts[1] == 'en' else 'en->xx'
+  return ['all', f'{corpus} {kind}']
+
+
+def quality_series(results) -> dict[str, dict[str, Series]]:
+  """`benchmarks/nmt_quality.py` results (JSON path or its dict) ->
+  {group: {system: (budgets in CPU minutes, average chrF)}}, groups 'all'
+  and '<corpus> xx->en' / '<corpus> en->xx'. A budget enters a system's
+  line only when every direction of the group was evaluated at it."""
+  data = _load_json(results)
+  where = results if isinstance(results, (str, os.PathLike)) else 'results'
+  rows = data.get('results') if isinstance(data, Mapping) else None
+  if not isinstance(rows, list) or not rows:
+    raise ValueError(f'{where}: expected {{"results": [rows]}} as written by '
+                     'benchmarks/nmt_quality.py')
+  cells: dict[tuple, dict[tuple, float]] = {}
+  for i, r in enumerate(rows):
+    missing = {'system', 'budget_min', 'corpus', 'direction', 'chrf'} - set(r)
+    if missing:
+      raise ValueError(f'{where}: results[{i}] lacks {sorted(missing)}')
+    try:
+      groups = _quality_groups(r['corpus'], r['direction'])
+    except ValueError as e:
+      raise ValueError(f'{where}: results[{i}]: {e}') from None
+    for g in groups:
+      cells.setdefault((g, r['system'], float(r['budget_min'])), {})[
+          (r['corpus'], r['direction'])] = float(r['chrf'])
+  members: dict[str, set] = {}  # every (corpus, direction) seen per group
+  for (g, _, _), vals in cells.items():
+    members.setdefault(g, set()).update(vals)
+  out: dict[str, dict[str, Series]] = {}
+  for (g, system, budget), vals in sorted(cells.items()):
+    if set(vals) != members[g]:
+      continue
+    xs, ys = out.setdefault(g, {}).setdefault(system, ([], []))
+    xs.append(budget)
+    ys.append(sum(vals.values()) / len(vals))
+  return out
+
+
+def quality_curves(results, out_path: str | None = None,
+                   target: float | None = 40.0) -> Plot:
+  """Average chrF against training CPU minutes, one panel per group
+  ('all', then each corpus and direction kind), a line per system, from
+  `benchmarks/nmt_quality.py`'s JSON. `target` draws the Tatoeba xx->en
+  goal (issue 5: chrF 40) as a dashed line; None leaves it out. Default
+  output: beside the JSON, .png."""
+  series = quality_series(results)
+  names = [g for g in _QUALITY_GROUPS if g in series]
+  names += sorted(set(series) - set(names))
+  fig, axes = _figure(len(names), ncols=3, panel_size=(4.6, 3.3))
+  for ax, g in zip(axes, names):
+    for system, (xs, ys) in series[g].items():
+      ax.plot(xs, ys, marker='o', markersize=4,
+              label=_SYSTEM_LABELS.get(system, system))
+    if target is not None and g == 'tatoeba xx->en':
+      ax.axhline(target, color='gray', linestyle='--', linewidth=1,
+                 label=f'target {target:g}')
+    ax.set_xlabel('training CPU minutes')
+    ax.set_ylabel('chrF')
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.set_title('average chrF, ' + ('all directions' if g == 'all' else g))
+    ax.legend(fontsize='small')
+  if out_path is None:
+    if not isinstance(results, (str, os.PathLike)):
+      raise ValueError('out_path is required when results is not a file')
+    out_path = os.path.splitext(os.fspath(results))[0] + '.png'
+  return Plot(save_png(fig, out_path), series)
+
+
 # ---------------------------------------------------------------- CLI ---
 
 
@@ -328,7 +415,10 @@ def parse_args(argv):
   r = sub.add_parser('recall', help='Recall@k per system from '
                      '{system: {k: recall}} JSON')
   r.add_argument('recall_json')
-  for s in (c, t, r):
+  q = sub.add_parser('quality', help='average chrF against training time '
+                     'from benchmarks/nmt_quality.py results JSON')
+  q.add_argument('results_json')
+  for s in (c, t, r, q):
     s.add_argument('--out', default=None, help='PNG path (default: see '
                    '`rosetta plot --help`)')
   return p.parse_args(argv)
@@ -341,8 +431,10 @@ def main(argv=None) -> int:
       result = training_curves(args.run_dir, args.out)
     elif args.figure == 'table':
       result = translation_bars(args.table_json, args.out)
-    else:
+    elif args.figure == 'recall':
       result = recall_curves(args.recall_json, args.out)
+    else:
+      result = quality_curves(args.results_json, args.out)
   except (FileNotFoundError, ValueError) as e:
     print(f'rosetta plot: error: {e}', file=sys.stderr)
     return 2
