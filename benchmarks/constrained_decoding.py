@@ -41,19 +41,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from flax import nnx  # noqa: E402
 
+from compile_clock import first_call  # noqa: E402
 from retrieval.trie import Trie  # noqa: E402
 from rosetta import decoding  # noqa: E402
 from rosetta.encoder_decoder import EncoderDecoder, T5Config  # noqa: E402
 
-_COMPILE_EVENTS = ('/jax/core/compile/tracing_duration',
-                   '/jax/core/compile/jaxpr_to_mlir_module_duration',
-                   '/jax/core/compile/backend_compile_duration')
-_compile_seconds = [0.0]
-
-
-def _on_event(event: str, duration: float, **_):
-  if event in _COMPILE_EVENTS:
-    _compile_seconds[0] += duration
 
 
 def parse_args(argv=None):
@@ -160,7 +152,6 @@ def timed(fns, repeats):
 
 def main(argv=None):
   args = parse_args(argv)
-  jax.monitoring.register_event_duration_secs_listener(_on_event)
   print(f'jax {jax.__version__} on {jax.devices()[0].platform} '
         f'({os.cpu_count()} CPUs); vocab {args.vocab}; ids of '
         f'{args.min_len}-{args.max_len} tokens; batch {args.batch}; '
@@ -186,9 +177,7 @@ def main(argv=None):
                         trie.max_length, args.seed)
       compile_s = []
       for procs in ((), (proc,)):
-        _compile_seconds[0] = 0.0
-        jax.block_until_ready(run(procs))
-        compile_s.append(_compile_seconds[0])
+        compile_s.append(first_call(lambda: run(procs))[2])
       # A synthetic decode takes ~2 ms: many more repeats cost nothing and
       # keep a scheduler hiccup on a shared machine out of the best time.
       repeats = args.repeats * (20 if driver == 'synthetic' else 1)

@@ -34,6 +34,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from compile_clock import first_call  # noqa: E402
 from rosetta import checkpoint_import, decoding  # noqa: E402
 from rosetta import logits_processors as lp  # noqa: E402
 
@@ -119,15 +120,6 @@ def run_hf(hf, x, beams: int, n: int):
   return out.numpy()[:, 1:]
 
 
-_COMPILE_EVENTS = ('/jax/core/compile/jaxpr_trace_duration',
-                   '/jax/core/compile/jaxpr_to_mlir_module_duration',
-                   '/jax/core/compile/backend_compile_duration')
-_compile_seconds = [0.0]
-
-
-def _on_event(event: str, duration: float, **_):
-  if event in _COMPILE_EVENTS:
-    _compile_seconds[0] += duration
 
 
 def timed_pair(fns, repeats: int):
@@ -159,7 +151,6 @@ def main(argv=None):
         flush=True)
   with tempfile.TemporaryDirectory() as d:
     models = make_models(args.seed, d, args.dtype)
-  jax.monitoring.register_event_duration_secs_listener(_on_event)
 
   rows = []
   for dtype, name in itertools.product(args.dtype, args.strategy):
@@ -169,9 +160,8 @@ def main(argv=None):
     for b in args.batch:
       for n in args.new_tokens:
         x = source_batch(b, args.source_len, args.seed)
-        _compile_seconds[0] = 0.0
-        run_rosetta(model, x, beams, n)           # compiles, then runs
-        compile_s = _compile_seconds[0]
+        compile_s = first_call(                   # compiles, then runs
+            lambda: run_rosetta(model, x, beams, n))[2]
         (t_ours, t_hf), (c_ours, c_hf), (ours, theirs) = timed_pair(
             [lambda: run_rosetta(model, x, beams, n),
              lambda: run_hf(hf, x, beams, n)], args.repeats)

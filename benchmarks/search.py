@@ -114,17 +114,6 @@ def bf16_rounded(x: np.ndarray) -> np.ndarray:
   return x.astype(ml_dtypes.bfloat16).astype(np.float32)
 
 
-# --- compile time from jax.monitoring (as benchmarks/decoding.py) ----------
-
-_COMPILE_EVENTS = ('/jax/core/compile/jaxpr_trace_duration',
-                   '/jax/core/compile/jaxpr_to_mlir_module_duration',
-                   '/jax/core/compile/backend_compile_duration')
-_compile_seconds = [0.0]
-
-
-def _on_event(event: str, duration: float, **_):
-  if event in _COMPILE_EVENTS:
-    _compile_seconds[0] += duration
 
 
 # --- memory ---------------------------------------------------------------
@@ -247,6 +236,7 @@ def main(argv=None):
     return
   import faiss  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
+  from compile_clock import first_call  # pylint: disable=import-outside-toplevel
   from retrieval import search  # pylint: disable=import-outside-toplevel
 
   print(f'jax {jax.__version__} on {jax.devices()[0].platform} '
@@ -258,7 +248,6 @@ def main(argv=None):
   t = time.perf_counter()
   corpus, queries = make_data(args)
   print(f'  data: {time.perf_counter() - t:.1f}s', flush=True)
-  jax.monitoring.register_event_duration_secs_listener(_on_event)
   kw = {} if args.batch_size is None else {'batch_size': args.batch_size}
   batch = min(args.queries, args.batch_size or
               search.search.__kwdefaults__['batch_size'])
@@ -290,13 +279,11 @@ def main(argv=None):
     sharded = search.shard_corpus(corpus, dtype=dtype)
     jax.block_until_ready(sharded.embeddings)
     place_s = time.perf_counter() - t
-    _compile_seconds[0] = 0.0
-    t = time.perf_counter()
-    result = search.search(sharded, queries, k=args.k, **kw)
-    first_s = time.perf_counter() - t
+    result, first_s, compile_s = first_call(
+        lambda: search.search(sharded, queries, k=args.k, **kw))
     first[name] = (result.scores, result.indices)
     systems[name] = {'dtype': dtype, 'bytes': sharded.embeddings.nbytes,
-                     'compile': _compile_seconds[0],
+                     'compile': compile_s,
                      'temp': xla_temp_bytes(search, sharded, args.k,
                                             args.batch_size, args.queries)}
     runs[name] = (lambda s=sharded: search.search(s, queries, k=args.k,
@@ -312,15 +299,14 @@ def main(argv=None):
         search.shard_corpus(corpus, dtype='float32'))
     jax.block_until_ready(vcorpus.shadow.embeddings)
     place_s = time.perf_counter() - t
-    _compile_seconds[0] = 0.0
-    t = time.perf_counter()
-    result = verified_search.verified_search(vcorpus, queries, args.k, **kw)
-    first_s = time.perf_counter() - t
+    result, first_s, compile_s = first_call(
+        lambda: verified_search.verified_search(vcorpus, queries, args.k,
+                                                **kw))
     first[name] = (result.scores, result.indices)
     systems[name] = {'dtype': 'float32', 'verified': True,
                      'bytes': vcorpus.exact.embeddings.nbytes +
                               vcorpus.shadow.embeddings.nbytes,
-                     'compile': _compile_seconds[0], 'temp': None}
+                     'compile': compile_s, 'temp': None}
     runs[name] = (lambda: verified_search.verified_search(
         vcorpus, queries, args.k, **kw))
     print(f'  {name}: placed in {place_s:.1f}s, first call {first_s:.1f}s '
