@@ -305,3 +305,69 @@ def test_cpu_budget_stops_training_with_a_restorable_checkpoint(tmp_path):
   from flax import nnx
   assert_trees_equal(nnx.to_pure_dict(nnx.state(loaded.network, nnx.Param)),
                      params)
+
+
+def test_average_checkpoints_is_the_mean_as_a_new_run(straight, tmp_path,
+                                                      capsys):
+  """`rosetta average --last 3`: the mean of steps 32/36/40 (the kept
+  ones) as a new run directory every tool reads; the newest step's
+  optimizer state and input position; the source untouched; an existing
+  output refused."""
+  import orbax.checkpoint as ocp
+  from flax import nnx
+  from rosetta import main, run_loading
+
+  def raw_state(d, step):
+    with ocp.PyTreeCheckpointer() as c:
+      return c.restore(os.path.join(d, 'checkpoints', str(step), 'state'))
+
+  before = sorted(os.listdir(os.path.join(straight, 'checkpoints')))
+  assert sorted(committed_steps(straight)) == [32, 36, 40]
+  out = str(tmp_path / 'avg')
+  assert main.cli(['average', '--model_dir', straight, '--last', '3',
+                   '--output_dir', out]) == 0
+  assert 'averaged steps [32, 36, 40]' in capsys.readouterr().out
+  assert committed_steps(out) == [40]
+  with open(os.path.join(out, 'averaged_from.json')) as f:
+    assert json.load(f)['steps'] == [32, 36, 40]
+  with open(os.path.join(out, 'config.gin')) as f, open(
+      os.path.join(straight, 'config.gin')) as g:
+    assert f.read() == g.read()
+  sources = [raw_state(straight, s) for s in (32, 36, 40)]
+  averaged = raw_state(out, 40)
+  import jax
+  expected = jax.tree.map(
+      lambda *xs: (sum(np.asarray(x, np.float32) for x in xs) / 3).astype(
+          np.asarray(xs[0]).dtype), *[s['params'] for s in sources])
+  for got, want, last in zip(jax.tree.leaves(averaged['params']),
+                             jax.tree.leaves(expected),
+                             jax.tree.leaves(sources[-1]['params'])):
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6, atol=1e-7)
+    assert not np.array_equal(np.asarray(got), np.asarray(last))
+  assert_trees_equal(averaged['opt_state'], sources[-1]['opt_state'])
+  assert int(averaged['step']) == 40
+  # Every tool reads it: load_run rebuilds the model from the copied config.
+  run = run_loading.load_run(out)
+  assert run.step == 40
+  assert_trees_equal(nnx.to_pure_dict(nnx.state(run.network, nnx.Param)),
+                     averaged['params'])
+  assert sorted(os.listdir(os.path.join(straight, 'checkpoints'))) == before
+  # --steps picks exactly those; an occupied output and bad input refused.
+  out2 = str(tmp_path / 'avg2')
+  assert main.cli(['average', '--model_dir', straight, '--steps', '36,40',
+                   '--output_dir', out2]) == 0
+  capsys.readouterr()
+  for argv, message in [
+      (['--last', '2', '--output_dir', out], 'already holds config.gin'),
+      (['--last', '4', '--output_dir', str(tmp_path / 'x')],
+       'only steps [32, 36, 40] are there'),
+      (['--steps', '36,37', '--output_dir', str(tmp_path / 'x')],
+       'steps [37] are not committed checkpoints'),
+      (['--steps', '3x', '--output_dir', str(tmp_path / 'x')],
+       'expected comma-separated integers'),
+      (['--last', '2', '--output_dir', straight], 'is the source run')]:
+    assert main.cli(['average', '--model_dir', straight, *argv]) == 2
+    err = capsys.readouterr().err
+    assert 'rosetta average: error:' in err and message in err, err
+  assert not os.path.exists(str(tmp_path / 'x'))
+  assert committed_steps(out) == [40]
