@@ -34,29 +34,12 @@ import json
 import os
 import sys
 
-import gin
 import jax
 import jax.numpy as jnp
 
 from rosetta import checkpoints, gin_utils, partitioning, run_files
+from rosetta import run_loading
 from rosetta import trainer as trainer_lib
-
-
-def _configured(name: str, required: bool, path: str):
-  """The object a `train.X = @fn()` binding of the run's config makes."""
-  try:
-    ref = gin.query_parameter(name)
-  except ValueError:
-    ref = None
-  if ref is None:
-    if required:
-      raise ValueError(f'{path}: no {name} binding; not a config written by '
-                       '`rosetta train`')
-    return None
-  if not (isinstance(ref, gin.config.ConfigurableReference) and ref.evaluate):
-    raise ValueError(f'{path}: {name} must be bound to a configurable call '
-                     f'such as @optimizers.make_optimizer(), got {ref!r}')
-  return ref.scoped_configurable_fn()
 
 
 def choose_steps(available, last: int | None = None,
@@ -84,7 +67,7 @@ def choose_steps(available, last: int | None = None,
 
 
 def _check_output(model_dir: str, output_dir: str) -> None:
-  if run_files.is_remote(output_dir) == run_files.is_remote(model_dir) and (
+  if not run_files.is_remote(output_dir) and (
       os.path.realpath(output_dir) == os.path.realpath(model_dir)):
     raise ValueError(f'output_dir {output_dir} is the source run: averaging '
                      'writes a new run directory and never changes the source')
@@ -121,12 +104,11 @@ def average_checkpoints(model_dir: str, output_dir: str, *,
     config_text = run_files.epath.Path(config_path).read_text()
     gin_utils.parse([config_path], finalize=False)
     runs.task_setup(register_fns)
-    model = _configured('train.model', True, config_path)
-    optimizer = _configured('train.optimizer', True, config_path)
-    schedule = _configured('train.schedule', False, config_path)
+    # The optimizer fixes the structure of the optimizer state to restore.
+    model = run_loading.configured('train.model', config_path)
+    optimizer = run_loading.configured('train.optimizer', config_path)
     mesh = mesh if mesh is not None else partitioning.make_mesh()
-    tr = trainer_lib.Trainer(model, partitioning.Partitioner(mesh),
-                             optimizer, schedule)
+    tr = trainer_lib.Trainer(model, partitioning.Partitioner(mesh), optimizer)
     target = {'params': tr.abstract_state['params']}
     add = jax.jit(
         lambda total, p: jax.tree.map(

@@ -63,11 +63,7 @@ def load_run(model_dir: str, step: int | None = None, mesh=None,
                             'train` (no config.gin)')
   gin_utils.parse([path], finalize=False)
   runs.task_setup(register_fns)
-  ref = gin.query_parameter('train.model')
-  if not (isinstance(ref, gin.config.ConfigurableReference) and ref.evaluate):
-    raise ValueError(f'{path}: train.model must be bound to a configurable '
-                     f'call such as @models.EncoderDecoderModel(), got {ref!r}')
-  model = ref.scoped_configurable_fn()
+  model = configured('train.model', path)
   tr, state, step = restore_for_inference(model_dir, model, mesh, step)
   task = _query_or_none('train.task')
   vocabulary = None
@@ -78,6 +74,19 @@ def load_run(model_dir: str, step: int | None = None, mesh=None,
     vocabulary = None if feature is None else feature.vocabulary
   return LoadedRun(model_dir, int(step), model, tr.network(state['params']),
                    tr, task, vocabulary)
+
+
+def configured(name: str, path: str):
+  """The object a `train.X = @fn()` binding of the parsed run config
+  (`path`, for messages) makes, e.g. the model wrapper or the optimizer."""
+  ref = _query_or_none(name)
+  if ref is None:
+    raise ValueError(f'{path}: no {name} binding; not a config written by '
+                     '`rosetta train`')
+  if not (isinstance(ref, gin.config.ConfigurableReference) and ref.evaluate):
+    raise ValueError(f'{path}: {name} must be bound to a configurable call '
+                     f'such as @models.EncoderDecoderModel(), got {ref!r}')
+  return ref.scoped_configurable_fn()
 
 
 def _query_or_none(name: str):
