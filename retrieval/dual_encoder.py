@@ -144,9 +144,7 @@ class EncoderTower(nnx.Module):
     `EncoderDecoder.encode` of the same weights (tested)."""
     t5 = self.cfg.encoder
     valid = tokens != t5.pad_token_id
-    positions = jnp.broadcast_to(
-        jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
-    return self.encoder(self.shared_embedding(tokens), valid, None, positions,
+    return self.encoder(self.shared_embedding(tokens), valid, None,
                         deterministic, rngs)
 
   def __call__(self, tokens, *, deterministic: bool = True,
