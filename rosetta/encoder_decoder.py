@@ -213,7 +213,7 @@ class Decoder(nnx.Module):
 
   def __call__(self, embedded, encoded, self_bias, self_mask, cross_mask,
                shared_embedding, deterministic, rngs, decode: bool,
-               beam_ancestry=None):
+               beam_ancestry=None, project: bool = True):
     cache_index = self.cache_index[...] if decode else None
     x = self.dropout(embedded, deterministic=deterministic, rngs=rngs)
     probs = None
@@ -222,6 +222,8 @@ class Decoder(nnx.Module):
                        cache_index, deterministic, rngs, beam_ancestry)
     x = self.final_norm(x)
     x = self.dropout(x, deterministic=deterministic, rngs=rngs)
+    if not project:   # the states the output projection would read
+      return x, jnp.mean(probs, axis=1)
     if self.cfg.tie_word_embeddings:
       # T5 v1.0 rescales before reusing the input embedding (as HF does).
       logits = shared_embedding.attend(x * self.cfg.emb_dim ** -0.5)
@@ -268,12 +270,14 @@ class EncoderDecoder(nnx.Module):
              decoder_target_tokens=None, encoder_segment_ids=None,
              decoder_segment_ids=None, decoder_positions=None, *,
              deterministic: bool = True, rngs: nnx.Rngs | None = None,
-             return_cross_attention: bool = False):
+             return_cross_attention: bool = False, project: bool = True):
     """Teacher-forced decoder over whole sequences -> (b, l, v) f32 logits.
 
     The decoder input starts with `decoder_start_token_id`, which equals the
     pad id in T5, so padding is read from `decoder_target_tokens` (or the
-    segment ids), never from the inputs.
+    segment ids), never from the inputs. project=False returns the (b, l, e)
+    states before the output projection instead of logits (see
+    `output_projection`; `rosetta.chunked_loss` projects them in chunks).
     """
     cfg = self.cfg
     del decoder_positions  # accepted for packed batches, as in `encode`
@@ -295,21 +299,30 @@ class EncoderDecoder(nnx.Module):
     embedded = self.shared_embedding(decoder_input_tokens)
     logits, cross = self.decoder(embedded, encoded, self_bias, self_mask,
                                  cross_mask, self.shared_embedding,
-                                 deterministic, rngs, decode=False)
+                                 deterministic, rngs, decode=False,
+                                 project=project)
     return (logits, cross) if return_cross_attention else logits
+
+  def output_projection(self):
+    """(x_scale, kernel (e, v)): logits = (states * x_scale) @ kernel, in
+    float32 accumulation of `cfg.dtype` matmuls (`layers.dense`)."""
+    if self.cfg.tie_word_embeddings:
+      return self.cfg.emb_dim ** -0.5, self.shared_embedding.embedding[...].T
+    return 1.0, self.decoder.logits_dense[...]
 
   def __call__(self, encoder_input_tokens, decoder_input_tokens,
                decoder_target_tokens=None, encoder_segment_ids=None,
                decoder_segment_ids=None, encoder_positions=None,
                decoder_positions=None, *, deterministic: bool = True,
-               rngs: nnx.Rngs | None = None):
+               rngs: nnx.Rngs | None = None, project: bool = True):
     encoded = self.encode(encoder_input_tokens, encoder_segment_ids,
                           encoder_positions, deterministic=deterministic,
                           rngs=rngs)
     return self.decode(encoded, encoder_input_tokens, decoder_input_tokens,
                        decoder_target_tokens, encoder_segment_ids,
                        decoder_segment_ids, decoder_positions,
-                       deterministic=deterministic, rngs=rngs)
+                       deterministic=deterministic, rngs=rngs,
+                       project=project)
 
   # ------------------------------------------------- incremental decoding ---
   def init_cache(self, encoded, encoder_input_tokens, max_decode_length: int):

@@ -21,6 +21,7 @@ import numpy as np
 from flax import nnx
 
 from rosetta import decoding
+from rosetta.chunked_loss import projected_cross_entropy
 from rosetta.encoder_decoder import EncoderDecoder, T5Config
 from rosetta.losses import cross_entropy_with_logits  # noqa: F401 (re-export)
 from rosetta.packing import FirstFitEncDecFeatureConverter
@@ -39,7 +40,7 @@ class EncoderDecoderModel:
                max_decode_length: int = 64, num_beams: int = 1,
                alpha: float = 0.6, beta: float = 0.0,
                length_penalty: str = 'gnmt', processors=None,
-               packing: str = 'seqio'):
+               packing: str = 'seqio', loss_chunk_length: int | None = None):
     """processors: an optional zero-argument callable returning logits
     processors that every `predict_batch` applies (after any passed to it),
     e.g. `@dsi_tasks.processors_for` so evaluation decodes only docids. It
@@ -47,7 +48,11 @@ class EncoderDecoderModel:
     registered after gin builds the model.
     packing: how training batches are packed: 'seqio' (next fit, seqio's
     own) or 'first_fit' (`rosetta.packing`: first-fit decreasing over 1,024
-    examples; ~1.2x more real target tokens per row on Tatoeba)."""
+    examples; ~1.2x more real target tokens per row on Tatoeba).
+    loss_chunk_length: project to the vocabulary and take the loss over
+    this many target positions at a time (`rosetta.chunked_loss`), so the
+    (batch, length, vocab) logits are never held whole; None = all at once.
+    Same loss and gradients up to float32 rounding."""
     self.config = config if config is not None else T5Config()
     if not 0.0 <= label_smoothing < 1.0:
       raise ValueError('EncoderDecoderModel.label_smoothing must be in [0, 1)')
@@ -64,6 +69,12 @@ class EncoderDecoderModel:
       raise ValueError(f"EncoderDecoderModel.packing must be 'seqio' or "
                        f"'first_fit', got {packing!r}")
     self.packing = packing
+    if loss_chunk_length is not None and (
+        isinstance(loss_chunk_length, bool) or
+        not isinstance(loss_chunk_length, int) or loss_chunk_length <= 0):
+      raise ValueError(f'EncoderDecoderModel.loss_chunk_length must be a '
+                       f'positive int or None, got {loss_chunk_length!r}')
+    self.loss_chunk_length = loss_chunk_length
     if packing == 'first_fit':
       # The input pipeline's converter (t5x's FEATURE_CONVERTER_CLS).
       self.FEATURE_CONVERTER_CLS = FirstFitEncDecFeatureConverter
@@ -99,23 +110,32 @@ class EncoderDecoderModel:
     """
     deterministic = dropout_rng is None
     rngs = None if deterministic else nnx.Rngs(dropout=dropout_rng)
-    logits = network(
+    chunked = self.loss_chunk_length is not None
+    out = network(
         batch['encoder_input_tokens'], batch['decoder_input_tokens'],
         batch['decoder_target_tokens'], batch.get('encoder_segment_ids'),
         batch.get('decoder_segment_ids'), batch.get('encoder_positions'),
         batch.get('decoder_positions'), deterministic=deterministic,
-        rngs=rngs)
+        rngs=rngs, project=not chunked)
     targets = batch['decoder_target_tokens']
     weights = self.loss_weights(batch)
-    loss, z = cross_entropy_with_logits(
-        logits, targets, weights, label_smoothing=self.label_smoothing,
-        z_loss=self.z_loss)
+    if chunked:
+      scale, kernel = network.output_projection()
+      states = out * scale if scale != 1.0 else out
+      loss, z, correct = projected_cross_entropy(
+          states, kernel, targets, weights, dtype=self.config.jnp_dtype,
+          chunk_length=self.loss_chunk_length,
+          label_smoothing=self.label_smoothing, z_loss=self.z_loss)
+    else:
+      loss, z = cross_entropy_with_logits(
+          out, targets, weights, label_smoothing=self.label_smoothing,
+          z_loss=self.z_loss)
+      # Cheaper than argmax over the vocabulary (differs only on exact ties).
+      target_logit = jnp.take_along_axis(out, targets[..., None], -1)[..., 0]
+      correct = (target_logit >= jnp.max(out, -1)) * weights
     num_tokens = weights.sum()
     normalizer = num_tokens if normalizer is None else normalizer
     normalizer = jnp.maximum(normalizer, 1.0)
-    # Cheaper than argmax over the vocabulary (differs only on exact ties).
-    target_logit = jnp.take_along_axis(logits, targets[..., None], -1)[..., 0]
-    correct = (target_logit >= jnp.max(logits, -1)) * weights
     metrics = {
         'loss_sum': loss.sum(),
         'z_loss_sum': z.sum(),

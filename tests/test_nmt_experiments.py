@@ -31,6 +31,15 @@ TINY = ['encoder_decoder.T5Config.emb_dim = 32',
         'encoder_decoder.T5Config.num_decoder_layers = 2',
         "encoder_decoder.T5Config.dtype = 'float32'"]
 
+@pytest.fixture(autouse=True)
+def _clear_gin():
+  """These tests parse whole experiments; their bindings (T5Config sizes,
+  loss settings) must not reach tests that run later in the same process
+  (HF parity imported checkpoints with the experiments' T5Config)."""
+  yield
+  gin.clear_config()
+
+
 needs_tatoeba = pytest.mark.skipif(
     not (sources.available('tatoeba') and sources.available('flores')),
     reason='Tatoeba / FLORES not in the data directory')
