@@ -403,6 +403,20 @@ def main(argv=None):
         f'best step {min(hf.times) / min(s.times):.2f}x, CPU s '
         f'{statistics.median(hf.cpu) / statistics.median(s.cpu):.2f}x'
         for s in systems if s is not hf))
+  peers = {'f32': 'hf', 'bf16': 'hf_bf16'}   # same activation precision
+  by_key = {s.key: s for s in systems}
+  pairs = [(by_key[r], by_key[h]) for r, h in peers.items()
+           if r in by_key and h in by_key]
+  if pairs:
+    print('like for like (Rosetta / HF at the same activation precision): '
+          + '; '.join(
+              f'{r.key} / {h.key}: median step '
+              f'{statistics.median(h.times) / statistics.median(r.times):.2f}x'
+              + (f', per-round paired median '
+                 f'{statistics.median(a / b for a, b in zip(h.times, r.times)):.2f}x'
+                 if args.order == 'interleave' else '')
+              + f', CPU s {statistics.median(h.cpu) / statistics.median(r.cpu):.2f}x'
+              for r, h in pairs))
   if hf:
     print(f'HF lm_head untied from shared embedding: {hf.untied()}')
   for s in systems:
