@@ -30,6 +30,7 @@ tokens = batch * target length. An analytic count of the real matmul FLOPs
     python benchmarks/train_step.py              # the 'small' comparison
     python benchmarks/train_step.py --steps 10 --warmup 3 --batch 8
     python benchmarks/train_step.py --systems hf f32 --order sequential
+    python benchmarks/train_step.py --loss-chunk-length 32   # chunked loss
     # nmt_quality's model at one thread each, on one core:
     XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
       taskset -c 1 python benchmarks/train_step.py --model nmt_small \
@@ -98,6 +99,9 @@ def parse_args(argv=None):
                  default='interleave',
                  help='timed steps round-robin, or each system in one go')
   p.add_argument('--seed', type=int, default=0)
+  p.add_argument('--loss-chunk-length', type=int, default=None,
+                 help="Rosetta's chunked output projection + loss "
+                 '(EncoderDecoderModel.loss_chunk_length); default: whole')
   p.add_argument('--wait-for-load', type=float, default=None, metavar='L',
                  help='first wait (up to --max-wait s) until the 1-minute '
                       'load average is below L; for shared machines')
@@ -237,7 +241,8 @@ class RosettaSystem:
     sched = optimizers.learning_rate_schedule('constant', args.lr, 0)
     mesh = partitioning.make_mesh(data=1, devices=jax.devices()[:1])
     self.trainer = trainer.Trainer(
-        models.EncoderDecoderModel(cfg, z_loss=0.0),
+        models.EncoderDecoderModel(
+            cfg, z_loss=0.0, loss_chunk_length=args.loss_chunk_length),
         partitioning.Partitioner(mesh),
         optimizers.make_optimizer('adamw', sched, b1=0.9, b2=0.999,
                                   weight_decay=0.0),
