@@ -63,8 +63,7 @@ def _logits(x_chunk, kernel, dtype):
   return layers.dense(x_chunk, kernel, dtype)        # (b, c, v) float32
 
 
-def _forward(x, kernel, targets, weights, dtype, chunk, label_smoothing,
-             z_loss):
+def _forward(x, kernel, targets, dtype, chunk, label_smoothing, z_loss):
   v = kernel.shape[-1]
 
   def one(args):
@@ -87,15 +86,15 @@ def _forward(x, kernel, targets, weights, dtype, chunk, label_smoothing,
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
 def _projected_ce(x, kernel, targets, weights, dtype, chunk, label_smoothing,
                   z_loss):
-  loss, z, correct, _ = _forward(x, kernel, targets, weights, dtype, chunk,
+  loss, z, correct, _ = _forward(x, kernel, targets, dtype, chunk,
                                  label_smoothing, z_loss)
   return loss * weights, z * weights, correct * weights
 
 
 def _projected_ce_fwd(x, kernel, targets, weights, dtype, chunk,
                       label_smoothing, z_loss):
-  loss, z, correct, log_z = _forward(x, kernel, targets, weights, dtype,
-                                     chunk, label_smoothing, z_loss)
+  loss, z, correct, log_z = _forward(x, kernel, targets, dtype, chunk,
+                                     label_smoothing, z_loss)
   out = (loss * weights, z * weights, correct * weights)
   return out, (x, kernel, targets, weights, loss, z, log_z)
 
@@ -115,18 +114,15 @@ def _projected_ce_bwd(dtype, chunk, label_smoothing, z_loss, res,
 
   def one(dk, args):
     xc, tc, lzc, cc, gc = args
-    xl = xc.astype(dtype)
-    logits = _logits(xl, kernel, dtype)
+    x2 = xc.astype(dtype).reshape(-1, xc.shape[-1])
+    logits = jnp.dot(x2, kl, preferred_element_type=jnp.float32).reshape(
+        *xc.shape[:-1], v)                   # = _logits(xc, kernel, dtype)
     is_target = tc[..., None] == jnp.arange(v, dtype=tc.dtype)
     d_logits = (jnp.exp(logits - lzc[..., None]) * cc[..., None]
                 - gc[..., None] * jnp.where(is_target, confidence, low))
-    d_logits = d_logits.astype(dtype).reshape(-1, v)
-    x2 = xl.reshape(-1, xl.shape[-1])
-    dx = jax.lax.dot_general(d_logits, kl, (((1,), (1,)), ((), ())),
-                             preferred_element_type=jnp.float32)
-    dk = dk + jnp.dot(layers.materialized_transpose(x2), d_logits,
-                      preferred_element_type=jnp.float32)
-    return dk, dx.reshape(xc.shape)
+    dx, dk_chunk = layers.dot_gradients(
+        x2, kl, d_logits.astype(dtype).reshape(-1, v))
+    return dk + dk_chunk, dx.reshape(xc.shape)
 
   dk, dx = jax.lax.scan(
       one, jnp.zeros(kernel.shape, jnp.float32),

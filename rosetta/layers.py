@@ -72,12 +72,21 @@ def _dot_fwd(x, kernel, dtype):
 
 def _dot_bwd(dtype, res, g):
   xl, kl, x_proto, k_proto = res
-  g = g.astype(dtype)
+  dx, dk = dot_gradients(xl, kl, g.astype(dtype))
+  return dx.astype(x_proto.dtype), dk.astype(k_proto.dtype)
+
+
+def dot_gradients(xl, kl, g):
+  """(dx, dkernel) of y = xl (r, n) @ kl (n, m) for the cotangent g (r, m).
+
+  All three already in the matmul dtype; both results float32 (the
+  accumulator), each one canonical matmul on XLA:CPU's fast kernels.
+  """
   dx = jax.lax.dot_general(g, kl, (((1,), (1,)), ((), ())),
                            preferred_element_type=jnp.float32)
   dk = jnp.dot(materialized_transpose(xl), g,
                preferred_element_type=jnp.float32)
-  return dx.astype(x_proto.dtype), dk.astype(k_proto.dtype)
+  return dx, dk
 
 
 _dot.defvjp(_dot_fwd, _dot_bwd)

@@ -10,6 +10,7 @@ from flax import nnx
 from rosetta import chunked_loss, layers, losses, models, optimizers
 from rosetta import partitioning, trainer
 from rosetta.encoder_decoder import T5Config
+from tests.test_trainer import step_losses
 
 
 def _whole(x, kernel, targets, weights, dtype, ls, z_loss):
@@ -134,10 +135,6 @@ def test_sharded_train_steps_equal_whole_logits(mesh_data4_model2):
     state = tr.init_state()
     batch = _batch(b=8)
     batch = jax.device_put(batch, tr.batch_shardings(batch))
-    losses_ = []
-    for _ in range(3):
-      state, metrics = tr.train_step(state, batch)
-      losses_.append(float(metrics['loss']))
-    runs.append(losses_)
+    runs.append(step_losses(tr, state, batch, 3))
   np.testing.assert_allclose(runs[1], runs[0], rtol=1e-5)
   assert runs[0][2] < runs[0][0]

@@ -82,17 +82,21 @@ def test_gradient_accumulation_equals_big_batch(mesh_data4_model2, name):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=atol)
 
 
+def step_losses(tr, state, batch, steps):
+  """The losses of `steps` train steps on the same batch."""
+  losses = []
+  for _ in range(steps):
+    state, metrics = tr.train_step(state, batch)
+    losses.append(float(metrics['loss']))
+  return losses
+
+
 def test_same_losses_on_two_meshes(mesh_data8, mesh_data2_model4):
   losses = []
   for mesh in (mesh_data8, mesh_data2_model4):
     tr = make_trainer(mesh, 'adamw', cfg=CFG.replace(dropout_rate=0.1))
     state = tr.init_state()
-    batch = make_batch(tr)
-    run = []
-    for _ in range(3):
-      state, metrics = tr.train_step(state, batch)
-      run.append(float(metrics['loss']))
-    losses.append(run)
+    losses.append(step_losses(tr, state, make_batch(tr), 3))
   np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
 
 
