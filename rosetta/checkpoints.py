@@ -1,13 +1,15 @@
 """Checkpoints: orbax CheckpointManager for the train state and the data position.
 
 One `Checkpointer` per run directory. Every checkpoint is an orbax composite
-step directory with two items::
+step directory with two or three items::
 
     <directory>/
       config.gin                  resolved gin config (`write_run_config`)
       1000/                       one committed step
         state/                    the train state pytree (StandardSave, OCDBT)
         data/                     {'format': ..., 'data_state': {...}} (JSON)
+        input_iterator/           each process's tf.data iterator state
+                                  (optional; `iterator_checkpoint.py`)
         _CHECKPOINT_METADATA
       2000/
       2000.orbax-checkpoint-tmp/  a save in progress (or one that was killed)
@@ -92,7 +94,7 @@ import os
 import signal
 import threading
 import warnings
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import gin
 import jax
@@ -102,6 +104,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 # The run config lives in its own module; re-exported for callers.
+from rosetta import iterator_checkpoint
 from rosetta.run_config import _utc_stamp, write_run_config  # noqa: F401
 
 logger = logging.getLogger(__name__)
@@ -300,7 +303,8 @@ class Checkpointer:
   # -- save --------------------------------------------------------------
 
   def save(self, step: int, state: PyTree, data_state: dict | None = None,
-           force: bool = False) -> bool:
+           force: bool = False, *,
+           iterator_saver: Callable[[str], bool] | None = None) -> bool:
     """Saves `state` and `data_state` as checkpoint `step` if it is due.
 
     Due means `step % save_interval_steps == 0`, or `force=True`, or a JAX
@@ -310,7 +314,9 @@ class Checkpointer:
 
     `data_state` must be JSON-serialisable (the input pipeline's position,
     e.g. `{'batches_consumed': 12, 'seed': 0}`); it is checked here, not in
-    the background thread.
+    the background thread. `iterator_saver(prefix)`, if given, writes this
+    process's input iterator state (`InputPipeline.save_iterator`) into the
+    same step, before `save` returns (`rosetta/iterator_checkpoint.py`).
     """
     step = int(step)
     if self._read_only:
@@ -329,18 +335,30 @@ class Checkpointer:
       logger.info('checkpoint step %d already exists in %s; not saving it '
                   'again', step, self._directory)
       return False
-    args = ocp.args.Composite(**{
+    items = {
         _STATE_ITEM: ocp.args.StandardSave(state),
         _DATA_ITEM: ocp.args.JsonSave(
             {'format': _DATA_FORMAT, 'data_state': data_state}),
-    })
-    saved = self._mgr.save(step, args=args, force=True)
+    }
+    if iterator_saver is not None:
+      items[iterator_checkpoint.ITEM] = iterator_checkpoint.IteratorSave(
+          iterator_saver)
+    saved = self._mgr.save(step, args=ocp.args.Composite(**items), force=True)
     if saved:
       logger.info('checkpoint step %d: save started in %s', step,
                   self._directory)
     return saved
 
   # -- restore -----------------------------------------------------------
+
+  def iterator_checkpoint(self, step: int) -> str | None:
+    """This process's input iterator state in checkpoint `step` (a
+    tf.train.Checkpoint prefix for `InputPipeline(iterator_checkpoint=)`),
+    or None where the step holds none (saved without `iterator_saver`, or
+    by a run with fewer processes)."""
+    prefix = iterator_checkpoint.process_prefix(
+        self._directory / str(int(step)) / iterator_checkpoint.ITEM)
+    return prefix if iterator_checkpoint.exists(prefix) else None
 
   def _restore_step(self, step: int, target: PyTree,
                     partial: bool = False) -> tuple[PyTree, Any]:

@@ -57,10 +57,7 @@ and `make_score_fn` turn a jitted per-batch model function into the
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import gzip
-import io
 import json
 import numbers
 import os
@@ -72,6 +69,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from rosetta import iterator_checkpoint as iterator_checkpoint_lib
 from rosetta import partitioning
 
 try:  # tf.data only; keep TensorFlow off the accelerators JAX uses.
@@ -93,174 +91,10 @@ def data_dir() -> str:
 
 # ------------------------------------------------------------ sources ---
 
-
-@dataclasses.dataclass
-class TextPairStats:
-  lines: int = 0           # lines (or pairs) read
-  pairs: int = 0           # pairs kept
-  skipped_empty: int = 0   # pairs with an empty (whitespace-only) side
-
-
-def _read_lines(path: str) -> list[bytes]:
-  """Lines of a file split on b'\\n' only; gzip if the name ends in .gz.
-
-  `str.splitlines` would also split on U+2028, U+0085, form feeds...: one
-  such character on one side silently misaligns the whole parallel corpus.
-  """
-  with tf.io.gfile.GFile(path, 'rb') as f:
-    data = f.read()
-  if path.endswith('.gz'):
-    data = gzip.GzipFile(fileobj=io.BytesIO(data)).read()
-  lines = data.split(b'\n')
-  if lines and lines[-1] == b'':
-    lines.pop()
-  return [l[:-1] if l.endswith(b'\r') else l for l in lines]
-
-
-def _decode(path: str, lineno: int, raw: bytes) -> str:
-  try:
-    return raw.decode('utf-8')
-  except UnicodeDecodeError as e:
-    raise ValueError(
-        f'{path}:{lineno}: not valid UTF-8 ({e.reason} at byte {e.start} of '
-        f'the line: {raw[max(0, e.start - 10):e.start + 10]!r})') from None
-
-
-def _keep_nonempty(pairs, stats: TextPairStats) -> list[tuple[str, str]]:
-  out = []
-  for src, tgt in pairs:
-    stats.lines += 1
-    src, tgt = src.strip(), tgt.strip()
-    if not src or not tgt:
-      stats.skipped_empty += 1
-      continue
-    out.append((src, tgt))
-  stats.pairs = len(out)
-  return out
-
-
-def read_parallel_text(src_path: str, tgt_path: str, *,
-                       max_lines: int | None = None,
-                       stats: TextPairStats | None = None
-                       ) -> list[tuple[str, str]]:
-  """Line-aligned (source, target) pairs from two text files (.gz allowed).
-
-  Both files are read whole and checked before anything is returned: a
-  different number of lines raises naming both files, a line that is not
-  UTF-8 raises naming the file and the 1-based line. Surrounding whitespace
-  is stripped; a pair with an empty side is skipped and counted in `stats`.
-  `max_lines` keeps the first N line pairs (after the whole-file checks).
-  """
-  stats = stats if stats is not None else TextPairStats()
-  src_lines, tgt_lines = _read_lines(src_path), _read_lines(tgt_path)
-  if len(src_lines) != len(tgt_lines):
-    raise ValueError(
-        f'parallel files are not line-aligned: {src_path} has '
-        f'{len(src_lines)} lines but {tgt_path} has {len(tgt_lines)}')
-  n = len(src_lines) if max_lines is None else min(max_lines, len(src_lines))
-  pairs = ((_decode(src_path, i + 1, src_lines[i]),
-            _decode(tgt_path, i + 1, tgt_lines[i])) for i in range(n))
-  # Decode errors past max_lines are still errors: the file is bad.
-  for i in range(n, len(src_lines)):
-    _decode(src_path, i + 1, src_lines[i])
-    _decode(tgt_path, i + 1, tgt_lines[i])
-  out = _keep_nonempty(pairs, stats)
-  if stats.skipped_empty:
-    logging.info('%s / %s: skipped %d of %d pairs with an empty side',
-                 src_path, tgt_path, stats.skipped_empty, stats.lines)
-  return out
-
-
-class TextPairSource(seqio.FunctionDataSource):
-  """In-memory (source, target) string pairs per split, read on first use.
-
-  Elements are `{'source': tf.string, 'target': tf.string}`. With
-  `shuffle=True` (and a seed) the whole split is shuffled, reshuffled every
-  epoch, deterministically from the seed; the Task's shuffle buffer then
-  mixes further. Multi-host: every host builds the same seeded order and
-  seqio's `ShardInfo` takes every num_shards-th element, so hosts read
-  disjoint examples. For corpora that fit in host memory (one copy per
-  host); bigger ones belong in TFDS/ArrayRecord sources.
-  """
-
-  def __init__(self, loaders: Mapping[str, Callable[[TextPairStats],
-                                                     list[tuple[str, str]]]],
-               description: str = ''):
-    self._loaders = dict(loaders)
-    self._pairs: dict[str, list[tuple[str, str]]] = {}
-    self._stats: dict[str, TextPairStats] = {}
-    self._description = description
-    super().__init__(dataset_fn=self._dataset_fn, splits=tuple(loaders))
-
-  def pairs(self, split: str) -> list[tuple[str, str]]:
-    if split not in self._loaders:
-      raise ValueError(f'{self._description or "TextPairSource"}: no split '
-                       f'{split!r}; splits: {sorted(self._loaders)}')
-    if split not in self._pairs:
-      stats = TextPairStats()
-      pairs = self._loaders[split](stats)
-      if not pairs:
-        raise ValueError(
-            f'{self._description}: split {split!r} has no pairs ({stats.lines}'
-            f' read, {stats.skipped_empty} skipped as empty)')
-      self._pairs[split], self._stats[split] = pairs, stats
-    return self._pairs[split]
-
-  def stats(self, split: str) -> TextPairStats:
-    self.pairs(split)
-    return self._stats[split]
-
-  def _dataset_fn(self, split: str, shuffle_files: bool,
-                  seed: int | None = None) -> tf.data.Dataset:
-    pairs = self.pairs(split)
-    ds = tf.data.Dataset.from_tensor_slices({
-        'source': tf.constant([s for s, _ in pairs], tf.string),
-        'target': tf.constant([t for _, t in pairs], tf.string)})
-    if shuffle_files:
-      ds = ds.shuffle(len(pairs), seed=seed, reshuffle_each_iteration=True)
-    return ds
-
-  def get_dataset(self, split: str = 'train', shuffle: bool = True,
-                  seed: int | None = None,
-                  shard_info: seqio.ShardInfo | None = None, **unused):
-    # FunctionDataSource.get_dataset, without its warning about uncached
-    # sources shuffling poorly: this one shuffles the whole split.
-    if shard_info and shard_info.num_shards > 1:
-      raise ValueError('TextPairSource: shard with tf.data (seqio does, since '
-                       'list_shards has one entry)')
-    return self._dataset_fn(split=split, shuffle_files=shuffle, seed=seed)
-
-  def __repr__(self):
-    return f'TextPairSource({self._description}, splits={self.splits})'
-
-
-def parallel_text_source(paths_by_split: Mapping[str, tuple[str, str]], *,
-                         max_lines: int | None = None) -> TextPairSource:
-  """A source from line-aligned files: {split: (src_path, tgt_path)}.
-
-  Files are read (and checked, see `read_parallel_text`) the first time a
-  split is used. Example, Multi30k English->German::
-
-      root = os.path.join(data_dir(), 'multi30k/data/task1/raw')
-      src = parallel_text_source({
-          'train': (f'{root}/train.en.gz', f'{root}/train.de.gz'),
-          'validation': (f'{root}/val.en.gz', f'{root}/val.de.gz')})
-  """
-  def loader(paths):
-    return lambda stats: read_parallel_text(*paths, max_lines=max_lines,
-                                            stats=stats)
-  desc = ', '.join(f'{k}: {v[0]} | {v[1]}' for k, v in paths_by_split.items())
-  return TextPairSource({k: loader(v) for k, v in paths_by_split.items()},
-                        description=desc)
-
-
-def pairs_source(pairs_by_split: Mapping[str, Sequence[tuple[str, str]]],
-                 description: str = 'in-memory pairs') -> TextPairSource:
-  """A source from in-memory pairs, e.g. `django_pairs(['fr'])['fr']`."""
-  def loader(pairs):
-    return lambda stats: _keep_nonempty(list(pairs), stats)
-  return TextPairSource({k: loader(v) for k, v in pairs_by_split.items()},
-                        description=description)
+# Text-pair sources live in their own module; re-exported for callers.
+from rosetta.text_pairs import (  # noqa: E402,F401
+    TextPairSource, TextPairStats, _decode, _keep_nonempty, _read_lines,
+    pairs_source, parallel_text_source, read_parallel_text)
 
 
 # -------------------------------------------------------------- tasks ---
@@ -393,10 +227,12 @@ class InputPipeline:
 
   Resume: `state()` is `{'batches_consumed': n, 'seed': ..., ...}` (JSON,
   identical on every host). `InputPipeline(..., state=s)` or `restore(s)`
-  rebuilds the same dataset and skips n local batches, so the next batch is
-  byte-identical to what the uninterrupted run would have produced. Skipping
-  re-runs preprocessing for the skipped examples (no model), so it costs
-  time linear in n; changing the number of processes changes every host's
+  rebuilds the same dataset and continues after batch n, byte-identical to
+  what the uninterrupted run would have produced: in O(1) from the
+  iterator's own state where one is given (`iterator_checkpoint=`, written
+  by `save_iterator` into every checkpoint), else by skipping n local
+  batches, which re-runs preprocessing for the skipped examples (time
+  linear in n). Changing the number of processes changes every host's
   shard, so it is refused unless `strict=False` (then only the position,
   not the examples, carries over).
   """
@@ -409,7 +245,8 @@ class InputPipeline:
                num_epochs: int | None = None, use_cached: bool = False,
                batch_logical_axes: partitioning.LogicalAxes = BATCH_AXES,
                state: Mapping[str, Any] | None = None,
-               feature_converter_cls: ConverterCls | None = None):
+               feature_converter_cls: ConverterCls | None = None,
+               iterator_checkpoint: str | None = None):
     self.partitioner = _as_partitioner(partitioner)
     self.feature_converter_cls = feature_converter_cls
     self.process_index = jax.process_index()
@@ -447,8 +284,14 @@ class InputPipeline:
         for k, spec in self._local_spec.items()}
     self._batches_consumed = 0
     self._iterator = None
+    self._iterator_prefix = None     # iterator state to resume from
+    self._positioned_by = 'start'
+    self._save_failure_logged = False
     if state is not None:
-      self.restore(state)
+      self.restore(state, iterator_checkpoint=iterator_checkpoint)
+    elif iterator_checkpoint is not None:
+      raise ValueError('iterator_checkpoint needs the pipeline state it was '
+                       'saved with (state=)')
 
   def local_dataset(self) -> tf.data.Dataset:
     """A fresh dataset of this host's batches, from the start.
@@ -485,8 +328,11 @@ class InputPipeline:
             'process_count': self.process_count,
             'converter': converter_name(self.feature_converter_cls)}
 
-  def restore(self, state: Mapping[str, Any], strict: bool = True) -> None:
-    """Continues after `state['batches_consumed']` batches of this stream."""
+  def restore(self, state: Mapping[str, Any], strict: bool = True,
+              iterator_checkpoint: str | None = None) -> None:
+    """Continues after `state['batches_consumed']` batches of this stream,
+    from the iterator state at `iterator_checkpoint` (a prefix written by
+    `save_iterator` with this state) when it is given and readable."""
     state = json.loads(json.dumps(state))  # same types as after a JSON trip
     mine = json.loads(json.dumps(self.state()))
     for field in _STATE_FIELDS:
@@ -515,17 +361,49 @@ class InputPipeline:
       raise ValueError(f'batches_consumed={n} must be >= 0')
     self._batches_consumed = n
     self._iterator = None
+    self._iterator_prefix = iterator_checkpoint
+    if (iterator_checkpoint is not None
+        and state['process_count'] != mine['process_count']):
+      self._iterator_prefix = None   # another process's shard: replay
+
+  def save_iterator(self, prefix: str) -> bool:
+    """Writes this process's iterator state at `prefix` (tf.train.Checkpoint
+    files; `Checkpointer.save(iterator_saver=...)` calls it). Returns False,
+    with a warning the first time, if tf.data cannot checkpoint this
+    dataset (a resume then replays the stream instead)."""
+    try:
+      iterator_checkpoint_lib.save(self._tf_iterator(), prefix)
+      return True
+    except Exception as e:  # any dataset tf.data cannot serialise
+      if not self._save_failure_logged:
+        self._save_failure_logged = True
+        logging.warning(
+            'input pipeline %r: tf.data cannot checkpoint this iterator '
+            '(%s: %s); checkpoints keep only the batch count, and a resume '
+            'replays the stream', self.mixture_or_task_name,
+            type(e).__name__, str(e)[:300])
+      return False
+
+  def start(self) -> str:
+    """Builds and positions the iterator now (else the first `next` does)
+    and says how: 'iterator state', 'replay' or 'start'."""
+    self._tf_iterator()
+    return self._positioned_by
+
+  def _tf_iterator(self):
+    """The live tf.data iterator, built (and positioned) on first use."""
+    if self._iterator is None:
+      # local_dataset, not one dataset object: see its docstring.
+      self._iterator, self._positioned_by = iterator_checkpoint_lib.position(
+          self.local_dataset, self._batches_consumed, self._iterator_prefix)
+      self._iterator_prefix = None
+    return self._iterator
 
   def __iter__(self) -> Iterator[dict[str, jax.Array]]:
     return self
 
   def __next__(self) -> dict[str, jax.Array]:
-    if self._iterator is None:
-      ds = self.local_dataset()
-      if self._batches_consumed:
-        ds = ds.skip(self._batches_consumed)
-      self._iterator = ds.as_numpy_iterator()
-    local = next(self._iterator)
+    local = {k: v.numpy() for k, v in next(self._tf_iterator()).items()}
     self._batches_consumed += 1
     return {k: jax.make_array_from_process_local_data(
         self.shardings[k], v, (self.global_batch_size,) + v.shape[1:])

@@ -137,7 +137,8 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
           init_from_hf: str | None = None, stop_after_steps: int | None = None,
           allow_config_change: bool = False,
           time_budget_s: float | None = None,
-          cpu_budget_s: float | None = None, config_text: str = ''):
+          cpu_budget_s: float | None = None,
+          checkpoint_input_iterator: bool = True, config_text: str = ''):
   """Trains `model` on a seqio task or mixture until `total_steps`.
 
   Resumes from the newest good checkpoint in `model_dir` (parameters,
@@ -155,6 +156,10 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
   The resolved gin config is written to `model_dir/config.gin`; resuming
   with a different config is refused (with a diff) unless
   `allow_config_change` (then the old file is kept with a timestamp).
+  `checkpoint_input_iterator` writes each process's tf.data iterator state
+  into every checkpoint, so a resume deep into a run does not replay the
+  stream (`rosetta/iterator_checkpoint.py`; a few MB per process with
+  seqio's shuffle buffers).
   """
   task_setup()
   run_files.makedirs(model_dir)
@@ -173,9 +178,10 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
   restored = ckpt.restore(tr.abstract_state)
   if restored is not None:
     start_step, state, data_state = restored
+    iterator_state = ckpt.iterator_checkpoint(start_step)
     _log(f'resumed from step {start_step} in {model_dir}')
   else:
-    data_state = None
+    data_state = iterator_state = None
     if init_from_hf:
       from rosetta import checkpoint_import
       # A wrapper whose network is not an EncoderDecoder (a dual encoder)
@@ -190,7 +196,19 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
       task, split=split, task_feature_lengths=task_feature_lengths,
       global_batch_size=batch_size, partitioner=part, seed=seed,
       shuffle=shuffle, pack=pack, state=data_state,
-      feature_converter_cls=converter_cls)
+      feature_converter_cls=converter_cls, iterator_checkpoint=iterator_state)
+  saver = pipeline.save_iterator if checkpoint_input_iterator else None
+  if start_step:
+    t0 = time.time()
+    how = pipeline.start()
+    _log(f'input: resumed after batch '
+         f'{pipeline.state()["batches_consumed"]} by {how} '
+         f'({time.time() - t0:.2f} s)')
+
+  def save(force=False):
+    return ckpt.save(step, state, pipeline.state(), force=force,
+                     iterator_saver=saver)
+
   eval_names = list(eval_tasks) if eval_tasks is not None else (
       [task] if eval_period else [])
   evaluators = [data.make_evaluator(
@@ -264,7 +282,7 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
                f'{time.time() - started:.1f} s wall)')
         if over_wall or over_cpu:
           end = step
-      ckpt.save(step, state, pipeline.state())
+      save()
       if eval_period and step % eval_period == 0:
         logger.eval_report(step, 'validation', eval_loss(state))
         _run_evaluators(evaluators, tr, state, eval_bs, step, logger)
@@ -273,14 +291,14 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
         for s, m in pending:
           _log_metrics(metrics_log, {'step': s, **_host_scalars(m)})
         pending = []
-        ckpt.save(step, state, pipeline.state(), force=True)
+        save(force=True)
         ckpt.wait()
         _log(f'preempted: saved step {step}, exiting')
         ckpt.close()
         logger.close()
         return state
   loop_cpu, loop_wall = time.process_time() - cpu_started, time.time() - started
-  ckpt.save(step, state, pipeline.state(), force=True)
+  save(force=True)
   ckpt.wait()
   ckpt.close()
   if eval_period and step % eval_period != 0:

@@ -129,6 +129,8 @@ def test_exact_resume_after_kill(straight, tmp_path, sig):
     assert proc.returncode == -signal.SIGKILL
   out = run(d, *args)
   assert 'resumed from step' in out
+  # The input resumed from its own saved state, not by replaying batches.
+  assert 'by iterator state' in out, out[-3000:]
   want, got = losses(straight), losses(d)
   assert sorted(got) == sorted(want) == list(range(1, 41))
   for step in want:  # bit-exact, steps before and after the kill
@@ -188,23 +190,37 @@ def _free_port():
 
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
+  """2 processes x 4 devices (resumed half way) give 1 x 8's losses."""
   one = str(tmp_path / 'one')
   args = ('--gin.train.total_steps=6', '--gin.train.checkpoint_period=3',
           '--gin.train.shuffle=False', '--gin.train.pack=False')
   run(one, *args)
   two = str(tmp_path / 'two')
-  port = _free_port()
-  procs = [subprocess.Popen(
-      cmd(two, *args,
-          f"--gin.distributed.coordinator_address='127.0.0.1:{port}'",
-          '--gin.distributed.num_processes=2',
-          f'--gin.distributed.process_id={i}'),
-      env=env(devices=4), cwd=REPO, stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT, text=True) for i in range(2)]
-  outs = [p.communicate(timeout=600)[0] for p in procs]
-  for p, o in zip(procs, outs):
-    assert p.returncode == 0, o[-3000:]
-  assert '(2 process(es))' in outs[0]
+
+  def run_two(*extra):
+    port = _free_port()
+    procs = [subprocess.Popen(
+        cmd(two, *args, *extra,
+            f"--gin.distributed.coordinator_address='127.0.0.1:{port}'",
+            '--gin.distributed.num_processes=2',
+            f'--gin.distributed.process_id={i}'),
+        env=env(devices=4), cwd=REPO, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, o in zip(procs, outs):
+      assert p.returncode == 0, o[-3000:]
+    assert '(2 process(es))' in outs[0]
+    return outs
+
+  # In two stages: the second resumes each process's own input iterator.
+  run_two('--gin.train.stop_after_steps=3')
+  item = os.path.join(two, 'checkpoints', '3', 'input_iterator')
+  assert sorted(os.listdir(item)) == [
+      f'process_{i}.{ext}' for i in range(2)
+      for ext in ('data-00000-of-00001', 'index')]
+  outs = run_two()
+  assert 'resumed from step 3' in outs[0]
+  assert 'by iterator state' in outs[0], outs[0][-3000:]
   a, b = losses(one), losses(two)
   assert sorted(a) == sorted(b) == list(range(1, 7))
   np.testing.assert_allclose([b[s] for s in a], [a[s] for s in a],
