@@ -55,11 +55,20 @@ def parse_args(argv):
   return known
 
 
+# Bindings of one invocation, not of the experiment: the process id differs
+# between the hosts of one run, the coordinator and process count between
+# restarts (resuming on another topology is supported), and budgets are
+# how long this invocation trains. A resume may change them freely.
+_INVOCATION_BINDINGS = ('distributed.', 'train.stop_after_steps',
+                        'train.time_budget_s', 'train.cpu_budget_s')
+
+
 def run_config_text() -> str:
-  """The resolved gin config, minus what differs between the processes of
-  one run (the process id), so every host writes and compares the same."""
+  """The resolved gin config minus the invocation's own bindings, so every
+  host writes and compares the same, and a restart with another
+  coordinator port or time budget is still the same run."""
   return '\n'.join(line for line in gin.config_str().splitlines()
-                   if not line.startswith('distributed.process_id')) + '\n'
+                   if not line.startswith(_INVOCATION_BINDINGS)) + '\n'
 
 
 def _plots_module():

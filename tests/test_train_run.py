@@ -215,7 +215,7 @@ def test_two_processes_match_one(tmp_path):
   # In two stages: the second resumes each process's own input iterator.
   run_two('--gin.train.stop_after_steps=3')
   item = os.path.join(two, 'checkpoints', '3', 'input_iterator')
-  assert sorted(os.listdir(item)) == [
+  assert sorted(f for f in os.listdir(item) if f.startswith('process_')) == [
       f'process_{i}.{ext}' for i in range(2)
       for ext in ('data-00000-of-00001', 'index')]
   outs = run_two()
@@ -387,3 +387,24 @@ def test_average_checkpoints_is_the_mean_as_a_new_run(straight, tmp_path,
     assert 'rosetta average: error:' in err and message in err, err
   assert not os.path.exists(str(tmp_path / 'x'))
   assert committed_steps(out) == [40]
+
+
+def test_run_config_leaves_out_the_invocations_own_bindings():
+  """A restart with another coordinator port, process count or budget is
+  the same run; a model change is not."""
+  import gin
+  from rosetta import gin_utils, main
+  try:
+    gin_utils.parse(['experiments/tiny_django_en_fr.gin'], [
+        "distributed.coordinator_address = '127.0.0.1:1234'",
+        'distributed.num_processes = 2', 'distributed.process_id = 1',
+        'train.stop_after_steps = 3', 'train.time_budget_s = 60.0',
+        'train.cpu_budget_s = 30.0', 'train.batch_size = 8'])
+    text = main.run_config_text()
+  finally:
+    gin.clear_config()
+  assert 'train.batch_size = 8' in text
+  assert 'T5Config.emb_dim' in text
+  for name in ('distributed.', 'stop_after_steps', 'time_budget_s',
+               'cpu_budget_s'):
+    assert name not in text, name
