@@ -10,7 +10,10 @@ and times, in fresh pipelines, both ways to the first batch after n
 (checking that both give that same batch):
 
     python benchmarks/input_resume.py --gin_file experiments/nmt_cpu_small.gin \\
+        --gin "nmt.setup.vocab_path='runs/vocab/spm.model'" \\
         --batches 250 1000 4000
+
+(nmt.setup trains the SentencePiece model there if it does not exist.)
 """
 from __future__ import annotations
 

@@ -205,3 +205,22 @@ def test_text_pair_shuffle_is_a_fresh_permutation_per_epoch(tmp_path):
   fresh = _order(big, 4)
   iterator_checkpoint.restore(fresh, prefix)
   assert [int(next(fresh)) for _ in range(6)] == want
+
+
+def test_input_resume_benchmark_runs(capsys):
+  import gin
+  bench_dir = os.path.join(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))), 'benchmarks')
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(
+      'input_resume_bench', os.path.join(bench_dir, 'input_resume.py'))
+  bench = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench)
+  try:
+    bench.main(['--gin_file', 'experiments/tiny_django_en_fr.gin',
+                '--gin', 'train.batch_size = 8', '--batches', '3'])
+  finally:
+    gin.clear_config()
+  out = capsys.readouterr().out
+  row = [l for l in out.splitlines() if l.startswith('| 3 |')]
+  assert len(row) == 1 and row[0].endswith('| yes |'), out
