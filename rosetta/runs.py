@@ -48,6 +48,9 @@ def distributed(coordinator_address: str | None = None,
     jax.distributed.initialize(coordinator_address=coordinator_address,
                                num_processes=num_processes,
                                process_id=process_id)
+  # Not in config.gin (main.run_config_text leaves the topology out): log it.
+  _log(f'jax.distributed: coordinator {coordinator_address}, '
+       f'{jax.process_count()} process(es)')
 
 
 @gin.configurable
