@@ -355,10 +355,14 @@ class Checkpointer:
     """This process's input iterator state in checkpoint `step` (a
     tf.train.Checkpoint prefix for `InputPipeline(iterator_checkpoint=)`),
     or None where the step holds none (saved without `iterator_saver`, or
-    by a run with fewer processes)."""
-    prefix = iterator_checkpoint.process_prefix(
-        self._directory / str(int(step)) / iterator_checkpoint.ITEM)
-    return prefix if iterator_checkpoint.exists(prefix) else None
+    by a run with fewer processes). Found through orbax (the item's
+    handler), which owns the step directories' naming."""
+    try:
+      out = self._mgr.restore(int(step), args=ocp.args.Composite(**{
+          iterator_checkpoint.ITEM: iterator_checkpoint.IteratorRestore()}))
+    except KeyError:  # orbax: 'Item "input_iterator" was not found ...'
+      return None
+    return out[iterator_checkpoint.ITEM]
 
   def _restore_step(self, step: int, target: PyTree,
                     partial: bool = False) -> tuple[PyTree, Any]:

@@ -370,7 +370,12 @@ class InputPipeline:
     """Writes this process's iterator state at `prefix` (tf.train.Checkpoint
     files; `Checkpointer.save(iterator_saver=...)` calls it). Returns False,
     with a warning the first time, if tf.data cannot checkpoint this
-    dataset (a resume then replays the stream instead)."""
+    dataset (a resume then replays the stream instead), and without
+    writing anything if no batch was read yet: building the iterator inside
+    a save could replay a whole stream there; a resume from such a step
+    replays its batch count (the same batches, only slower)."""
+    if self._iterator is None:
+      return False
     try:
       iterator_checkpoint_lib.save(self._tf_iterator(), prefix)
       return True

@@ -93,9 +93,10 @@ class IteratorSave(ocp.args.CheckpointArgs):
 
 @dataclasses.dataclass
 class IteratorRestore(ocp.args.CheckpointArgs):
-  """Restore args: the handler returns this process's prefix (or None).
-  The pipeline itself reads the files (`InputPipeline(iterator_checkpoint=)`),
-  as only it can build the iterator they belong to."""
+  """Restore args: the handler returns this process's prefix (or None;
+  `Checkpointer.iterator_checkpoint`). The pipeline itself reads the files
+  (`InputPipeline(iterator_checkpoint=)`), as only it can build the
+  iterator they belong to."""
 
 
 class IteratorHandler(ocp.CheckpointHandler):

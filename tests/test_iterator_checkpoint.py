@@ -141,6 +141,19 @@ def test_uncheckpointable_dataset_saves_nothing_and_warns(
   next(pipe)                                  # the stream goes on
 
 
+def test_save_before_the_first_batch_writes_nothing(fr_task, mesh_data8,
+                                                   tmp_path, monkeypatch):
+  """A save before any batch does not build (or replay) the iterator."""
+  a = pipeline(fr_task, mesh_data8, seed=2)
+  for _ in range(2):
+    next(a)
+  _no_replay(monkeypatch)
+  b = pipeline(fr_task, mesh_data8, seed=2, state=a.state())
+  prefix = str(tmp_path / 'it')
+  assert not b.save_iterator(prefix)        # would replay 2 batches to write
+  assert not iterator_checkpoint.exists(prefix)
+
+
 def test_checkpointer_commits_the_iterator_item_with_the_step(tmp_path):
   state = {'w': jax.numpy.arange(4.0)}
   calls = []
