@@ -21,6 +21,7 @@ CORRECTIONS = (None, 'csls', 'inverted_softmax', 'dbnorm')
 CORRECTION_LABEL = {None: '', 'csls': ' + CSLS',
                     'inverted_softmax': ' + inverted softmax',
                     'dbnorm': ' + DBNorm'}
+FIRST_WINDOW = ' (first window only)'
 DENSE_LABEL = {'init': 'untrained (the shared initial weights)',
                'rosetta': 'Rosetta', 'st': 'sentence-transformers'}
 FAMILIES = {  # family -> (title, headline metric)
@@ -102,20 +103,25 @@ def gallery_bank(lang: str) -> tuple[str, ...]:
 
 
 class DenseSystem:
-  """Encodes texts (cached) with a trained dual encoder."""
+  """Encodes texts with a trained dual encoder, each distinct text once
+  per tower (a passage of the XQuAD pool is also one of its language's
+  corpus)."""
 
   def __init__(self, name: str, encode_fns: dict):
     self.name, self._fns, self._cache = name, encode_fns, {}
     self.encode_s, self.encoded = 0.0, 0
 
   def embed(self, texts, tower: str):
-    key = (tower, texts)
-    if key not in self._cache:
+    import numpy as np
+    cache = self._cache.setdefault(tower, {})
+    new = list(dict.fromkeys(t for t in texts if t not in cache))
+    if new:
       t = time.time()
-      self._cache[key] = self._fns[tower](list(texts))
+      for text, row in zip(new, self._fns[tower](new)):
+        cache[text] = row
       self.encode_s += time.time() - t
-      self.encoded += len(texts)
-    return self._cache[key]
+      self.encoded += len(new)
+    return np.stack([cache[t] for t in texts])
 
 
 def rosetta_system(run_dir: str, max_length: int, batch_size: int):
@@ -152,10 +158,18 @@ def correction_for(kind, corpus, qbank, gbank, beta):
   return hubness.dbnorm(corpus, qbank, gbank, beta1=beta, beta2=beta)
 
 
-def evaluate_all(systems: dict, sets: dict, out_dir: str, beta: float, log):
-  """{system label: {set name: metrics}}; writes TREC runs and qrels."""
+def evaluate_all(systems: dict, sets: dict, out_dir: str, beta: float, log,
+                 passage_vocab=None, passage_tokens: int | None = None):
+  """{system label: {set name: metrics}}; writes TREC runs and qrels.
+
+  passage_vocab / passage_tokens: dense systems index every window of
+  `passage_tokens` SentencePiece pieces of a document (stride half of it)
+  and score a document by its best window (`retrieval.passages`, MaxP);
+  each dense system then also gets a row indexing only each document's
+  first window, as encoding a whole document at the trained length does
+  (label + FIRST_WINDOW). None: documents are encoded whole (truncated)."""
   import logging
-  from retrieval import bm25, hubness, ir_metrics, search
+  from retrieval import bm25, hubness, ir_metrics, passages, search
   logging.getLogger('bm25s').setLevel(logging.WARNING)
   metrics, skew = {}, {}
   for name, (fam, rs, qbank, corpus_lang) in sets.items():
@@ -167,12 +181,18 @@ def evaluate_all(systems: dict, sets: dict, out_dir: str, beta: float, log):
       lang = None if corpus_lang == 'pool' else corpus_lang
       results['BM25'] = bm25.BM25Index(rs.docs, lang=lang).search(
           rs.queries, k)
+    split = (passages.split(rs.docs, passage_vocab, passage_tokens)
+             if passage_tokens else None)
     for key, sysm in systems.items():
       if key == 'bm25':
         continue
-      docs = sysm.embed(rs.docs, 'doc')
-      corpus = search.shard_corpus(docs)
       q = sysm.embed(rs.queries, 'query')
+      if split is not None:
+        first = search.shard_corpus(sysm.embed(rs.docs, 'doc'))
+        results[DENSE_LABEL[key] + FIRST_WINDOW] = search.search(first, q, k)
+        corpus = search.shard_corpus(sysm.embed(split.texts, 'doc'))
+      else:
+        corpus = search.shard_corpus(sysm.embed(rs.docs, 'doc'))
       for kind in (CORRECTIONS if key != 'init' else (None,)):
         corr = None
         if kind:
@@ -180,7 +200,9 @@ def evaluate_all(systems: dict, sets: dict, out_dir: str, beta: float, log):
                 if kind == 'dbnorm' else None)
           corr = correction_for(kind, corpus, sysm.embed(qbank, 'query'), gb,
                                 beta)
-        res = search.search(corpus, q, k, correction=corr)
+        res = (passages.search(corpus, q, k, split, correction=corr)
+               if split is not None else
+               search.search(corpus, q, k, correction=corr))
         label = DENSE_LABEL[key] + CORRECTION_LABEL[kind]
         results[label] = res
         skew.setdefault(label, {})[name] = hubness.skewness(
@@ -193,8 +215,9 @@ def evaluate_all(systems: dict, sets: dict, out_dir: str, beta: float, log):
       metrics.setdefault(label, {})[name] = ir_metrics.evaluate(
           run, rs.qrels, ks=[x for x in KS if x <= len(rs.docs)])
     best = max(results, key=lambda l: metrics[l][name][FAMILIES[fam][1]])
-    log(f'{name:28s} ({len(rs.queries)} q x {len(rs.docs)} docs) best: '
-        f'{best} {FAMILIES[fam][1]} '
+    log(f'{name:28s} ({len(rs.queries)} q x {len(rs.docs)} docs'
+        + (f', {len(split.texts)} passages' if split is not None else '')
+        + f') best: {best} {FAMILIES[fam][1]} '
         f'{metrics[best][name][FAMILIES[fam][1]]:.3f}')
   return metrics, skew
 

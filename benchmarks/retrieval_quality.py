@@ -65,6 +65,15 @@ systems, plus CSLS (k=10), inverted softmax and DBNorm (beta =
               English paragraphs, and to the pool of 2,880 paragraphs
   Cranfield   225 queries, 1,400 abstracts, graded (nDCG@10)
 
+Long documents (an XQuAD paragraph is a median ~290 pieces, a Cranfield
+abstract ~380, the encoders read 96): each dense system indexes every
+window of the positives length (stride half of it) and scores a document
+by its best window (retrieval.passages, MaxP); a '(first window only)' row
+per system shows what encoding each document once, truncated, gives
+(`--no-passages`: that alone). Training positives of XQuAD are the windows
+holding the answers (`pair_tasks.setup.xquad_passage_tokens` in the gin
+file), the same text for both systems.
+
 Hubness banks: the query bank is the query set itself for FLORES (as in
 mining) and Cranfield, the TRAINING questions of the same language for
 XQuAD; DBNorm's gallery bank is up to 500 LASER-Tatoeba sentences in the
@@ -142,6 +151,11 @@ def parse_args(argv):
                  'systems start from (no hubness rows)')
   p.add_argument('--reuse', action='store_true',
                  help='reuse trained models / vocabulary found in --out')
+  p.add_argument('--no-passages', dest='passages', action='store_false',
+                 help='dense systems encode each document once, truncated '
+                 'to the positives length (default: every window of that '
+                 'length, a document scored by its best; '
+                 'retrieval.passages)')
   p.add_argument('--vocab-size', type=int, default=8000)
   p.add_argument('--eval-batch-size', type=int, default=64)
   p.add_argument('--seed', type=int, default=0)
@@ -529,8 +543,10 @@ def main(argv=None) -> int:
   if 'st' in args.systems:
     systems['st'] = st_system(os.path.join(st_dir, 'model'), max_len,
                               args.eval_batch_size)
-  metrics, skew = evaluate_all(systems, sets, out, 1.0 / conf['temperature'],
-                               log)
+  metrics, skew = evaluate_all(
+      systems, sets, out, 1.0 / conf['temperature'], log,
+      passage_vocab=spm_path, passage_tokens=max_len - 1 if args.passages
+      else None)   # the encoders append EOS: max_len - 1 pieces + EOS
   summary = summarise(metrics, sets)
   text = markdown_table(summary)
   if training:

@@ -154,6 +154,8 @@ class XquadParagraph:
   context: str
   question_ids: tuple[str, ...]
   questions: tuple[str, ...]
+  # (character offset in `context`, text) of each question's first answer
+  answers: tuple[tuple[int, str], ...] = ()
 
 
 def xquad_root() -> str:
@@ -202,8 +204,10 @@ def _xquad_paragraphs(root: str, lang: str) -> tuple[XquadParagraph, ...]:
                        '(it becomes part of TREC ids)')
     for j, par in enumerate(_field(article, 'paragraphs', where, path, list)):
       pw = f'{where}.paragraphs[{j}]'
-      context = _field(par, 'context', pw, path)
-      qids, qs = [], []
+      raw = _field(par, 'context', pw, path)
+      context = raw.strip()
+      lead = len(raw) - len(raw.lstrip())   # offsets count from `raw`
+      qids, qs, answers = [], [], []
       for n, qa in enumerate(_field(par, 'qas', pw, path, list)):
         qw = f'{pw}.qas[{n}]'
         qid = _field(qa, 'id', qw, path)
@@ -212,9 +216,27 @@ def _xquad_paragraphs(root: str, lang: str) -> tuple[XquadParagraph, ...]:
         seen_q.add(qid)
         qids.append(qid)
         qs.append(_field(qa, 'question', qw, path).strip())
-      out.append(XquadParagraph(f'{lang}:{title}_p{j}', context.strip(),
-                                tuple(qids), tuple(qs)))
+        answers.append(_answer(qa, raw, lead, f'{qw}.answers[0]', path))
+      out.append(XquadParagraph(f'{lang}:{title}_p{j}', context,
+                                tuple(qids), tuple(qs), tuple(answers)))
   return tuple(out)
+
+
+def _answer(qa: dict, raw_context: str, lead: int, where: str,
+            path: str) -> tuple[int, str]:
+  """(offset in the stripped context, text) of a question's first answer;
+  the offset must point at the text in the context."""
+  answers = _field(qa, 'answers', where.rsplit('.', 1)[0], path, list)
+  if not answers:
+    raise ValueError(f'{path}: {where}: no answer')
+  text = _field(answers[0], 'text', where, path)
+  start = _field(answers[0], 'answer_start', where, path, int)
+  if raw_context[start:start + len(text)] != text:
+    raise ValueError(
+        f'{path}: {where}.answer_start: {start} does not point at the '
+        f'answer {text!r:.60} (the context there reads '
+        f'{raw_context[start:start + len(text)]!r:.60})')
+  return start - lead, text
 
 
 def _xquad_aligned(lang: str, pivot: str = 'en'):

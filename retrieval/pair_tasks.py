@@ -34,7 +34,7 @@ import seqio
 import tensorflow as tf
 
 from rosetta import data
-from retrieval import datasets
+from retrieval import datasets, passages
 from translation import mixtures, sources
 
 Example = tuple[str, str, tuple[str, ...]]  # (query, positive, negatives)
@@ -169,35 +169,59 @@ def _stable_order(key: str, items: Sequence[str]) -> list[str]:
       f'{key}\t{s}'.encode('utf-8')).hexdigest())
 
 
-def xquad_examples(query_lang: str, doc_lang: str,
-                   split: str) -> list[Example]:
+def xquad_examples(query_lang: str, doc_lang: str, split: str,
+                   passage: tuple[seqio.Vocabulary, int] | None = None
+                   ) -> list[Example]:
   """Questions of `split` -> (question, paragraph, other paragraphs of the
-  same article, in a fixed per-question order)."""
+  same article, in a fixed per-question order).
+
+  passage=(vocabulary, tokens): the positive is not the whole paragraph
+  but its window of `tokens` pieces (`retrieval.passages`, stride half of
+  it) that holds the question's answer in `doc_lang`: an encoder trained
+  on 96 tokens would otherwise see the answer of ~70% of the questions cut
+  off, and a passage index (MaxP) searches those same windows."""
   rs = datasets.xquad(query_lang, corpus=doc_lang, split=split)
   text = dict(zip(rs.doc_ids, rs.docs))
   by_article: dict[str, list[str]] = {}
   for pid in rs.doc_ids:
     by_article.setdefault(_article(pid), []).append(pid)
+  answer = ({qid: a for par in datasets.xquad_paragraphs(doc_lang)
+             for qid, a in zip(par.question_ids, par.answers)}
+            if passage else {})
   out = []
   for qid, question in zip(rs.query_ids, rs.queries):
     (pos,) = [d for d, g in rs.qrels[qid].items() if g > 0]
     others = [d for d in by_article[_article(pos)] if d != pos]
-    out.append((question, text[pos],
+    positive = text[pos]
+    if passage:
+      start, ans = answer[qid]
+      positive = passages.window_holding(
+          positive, start, start + len(ans), passage[0], passage[1])
+    out.append((question, positive,
                 tuple(text[d] for d in _stable_order(qid, others))))
   return out
 
 
 def register_xquad_pair_task(vocabulary: seqio.Vocabulary, query_lang: str,
-                             doc_lang: str) -> str:
+                             doc_lang: str,
+                             passage_tokens: int | None = None) -> str:
   for lang in (query_lang, doc_lang):
     if lang not in datasets.XQUAD_LANGUAGES:
       raise ValueError(f'XQuAD has no language {lang!r}; known: '
                        f'{datasets.XQUAD_LANGUAGES}')
+  if passage_tokens is not None and not isinstance(
+      vocabulary, seqio.SentencePieceVocabulary):
+    raise ValueError('pair_tasks.setup.xquad_passage_tokens needs a '
+                     'SentencePiece vocabulary (windows are cut on its '
+                     f'pieces), got {type(vocabulary).__name__}')
+  passage = None if passage_tokens is None else (vocabulary, passage_tokens)
   name = xquad_task_name(query_lang, doc_lang)
   register_pair_task(name, PairSource(
-      {s: (lambda s=s: xquad_examples(query_lang, doc_lang, s))
+      {s: (lambda s=s: xquad_examples(query_lang, doc_lang, s, passage))
        for s in ('train', 'test')},
-      description=f'xquad {query_lang} questions -> {doc_lang} paragraphs'),
+      description=f'xquad {query_lang} questions -> {doc_lang} ' + (
+          'paragraphs' if passage is None else
+          f'answer windows of {passage_tokens} tokens')),
       vocabulary)
   return name
 
@@ -235,15 +259,20 @@ def setup(vocabulary: str | seqio.Vocabulary = 'bytes',
           tatoeba_languages: Sequence[str] = ('de', 'fr', 'es'),
           xquad_pairs: Sequence[str] = ('en-en', 'de-de', 'de-en'),
           mixture: str = 'retrieval_pairs', temperature: float = 2.0,
-          root: str | None = None) -> list[str]:
+          root: str | None = None,
+          xquad_passage_tokens: int | None = None) -> list[str]:
   """Registers Tatoeba and XQuAD pair tasks and the temperature mixture
   `mixture` over them (rate n^(1/T), each task shuffled with its own seed).
   Returns the task names. Tatoeba languages missing from the data
-  directory are an error, not skipped."""
+  directory are an error, not skipped. xquad_passage_tokens: XQuAD
+  positives are the paragraph's window of that many pieces holding the
+  answer (`xquad_examples`), e.g. the positives' length minus EOS."""
   vocab = vocabulary_from(vocabulary)
   names = [register_tatoeba_pair_task(vocab, l, root=root)
            for l in tatoeba_languages]
-  names += [register_xquad_pair_task(vocab, q, d)
+  if xquad_passage_tokens is not None:
+    passages.check_window(xquad_passage_tokens, None)
+  names += [register_xquad_pair_task(vocab, q, d, xquad_passage_tokens)
             for q, d in parse_pairs(xquad_pairs)]
   if not names:
     raise ValueError('pair_tasks.setup: no tatoeba_languages and no '

@@ -85,3 +85,44 @@ def test_cpu_budget_bookkeeping():
   cmd = retrieval_quality.rosetta_command(args, '/r', '/v', '/i', 480.0)
   assert '--gin.train.cpu_budget_s=480.0' in cmd
   assert not any('time_budget_s' in c for c in cmd)
+
+
+def test_passage_index_finds_what_the_first_window_cannot(tmp_path):
+  """evaluate_all with passages: a document whose matching words lie past
+  its first window is found by its best window (MaxP), not by the
+  first-window row. The encoder is a hashed bag of words over the same
+  SentencePiece pieces (an exact-match scorer, so the ranking is known)."""
+  import sentencepiece as spm
+  from rosetta import vocab as vocab_lib
+  from retrieval import datasets, passages
+  filler = 'alpha beta gamma delta epsilon zeta eta theta'.split()
+  text = [' '.join(filler[(i + j) % 8] for j in range(i % 6 + 2))
+          for i in range(200)] + ['Katze Hund Maus'] * 5
+  path = vocab_lib.train_sentencepiece(text, str(tmp_path / 'spm.model'),
+                                       vocab_size=280)
+  sp = spm.SentencePieceProcessor(model_file=path)
+
+  def encode(texts):
+    out = np.zeros((len(texts), 512), np.float32)
+    for r, t in enumerate(texts):
+      for i in sp.encode(t)[:16]:             # the encoder's length
+        out[r, i] += 1.0
+      out[r] /= max(np.linalg.norm(out[r]), 1e-6)
+    return out
+  docs = tuple(' '.join(filler * 4) + (' Katze Hund Maus' if d == 3 else '')
+               for d in range(6))
+  rs = datasets.RetrievalSet('toy', ('q',), ('Katze Hund Maus',),
+                             tuple(f'd{i}' for i in range(6)), docs,
+                             {'q': {'d3': 1}})
+  system = retrieval_eval.DenseSystem('init', {'query': encode,
+                                               'doc': encode})
+  metrics, _ = retrieval_eval.evaluate_all(     # 'init': no hubness rows
+      {'init': system}, {'toy': ('xquad_same', rs, rs.queries, 'en')},
+      str(tmp_path / 'out'), 20.0, lambda msg: None,
+      passage_vocab=path, passage_tokens=15)
+  label = retrieval_eval.DENSE_LABEL['init']
+  assert metrics[label]['toy']['Hits@1'] == 1.0
+  assert metrics[label + retrieval_eval.FIRST_WINDOW]['toy']['Hits@1'] == 0.0
+  windows = passages.split(docs, path, 15).texts
+  assert len(windows) > 2 * len(docs)
+  assert system.encoded == len(set(docs) | set(windows)) + 1  # each once
