@@ -120,6 +120,10 @@ def parse_args(argv=None):
   p.add_argument('--query-length', type=int, default=24,
                  help='longest synthetic query in tokens (a sampled batch '
                  'runs until its longest row ends)')
+  p.add_argument('--index-windows', action='store_true',
+                 help='index every 64-piece window of a document (stride '
+                 '32; dsi_tasks.setup.index_windows), not its first 64 '
+                 'tokens only')
   p.add_argument('--batch-size', type=int, default=32)
   p.add_argument('--lr', type=float, default=1e-3,
                  help='AdamW learning rate of every trained model (after '
@@ -311,6 +315,8 @@ def dsi_system(args, name: str, kind: str, sp: str, emb: str | None,
               *model_bindings(args.dim, vocab)[1:]]
   if kind == 'semantic':
     bindings.append(f'dsi_tasks.setup.embeddings = "{emb}"')
+  if args.index_windows:
+    bindings.append('dsi_tasks.setup.index_windows = True')
   if queries:
     bindings += [f'dsi_tasks.setup.synthetic_queries = "{queries}"',
                  'dsi_tasks.setup.synthetic_ratio = 1.0']

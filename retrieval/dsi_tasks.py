@@ -1,7 +1,9 @@
 """seqio tasks for generative retrieval (DSI): indexing, retrieval, mixture.
 
     {corpus}_dsi_indexing{sfx}     document text, first `index_length`
-                                   tokens -> its docid. Split 'train' only:
+                                   tokens -> its docid (`index_windows`:
+                                   every window of that length). Split
+                                   'train' only:
                                    DSI memorises the whole corpus. XQuAD:
                                    each paragraph in each `index_languages`.
     {corpus}_dsi_retrieval{sfx}    query -> docid. 'train': one example per
@@ -70,6 +72,7 @@ import tensorflow as tf
 
 from retrieval import datasets
 from retrieval import docids as docids_lib
+from retrieval import passages
 from retrieval.trie import Trie
 from rosetta import data
 from rosetta import vocab as vocab_lib
@@ -226,10 +229,17 @@ def register_dsi_tasks(corpus: DsiCorpus,
                        index_length: int = 64, indexing_ratio: float = 1.0,
                        synthetic: Sequence[tuple[str, str]] = (),
                        synthetic_ratio: float = 1.0,
-                       suffix: str = '') -> DsiTasks:
+                       suffix: str = '',
+                       index_windows: bool = False) -> DsiTasks:
   """Registers the tasks and mixture of the module doc (replacing any of
   the same names). `vocabulary` holds the mapping and the text vocabulary;
   `synthetic` holds (query text, doc key) pairs of generated queries.
+
+  index_windows: index every window of `index_length` pieces of a
+  document (stride half of it; `retrieval.passages`), each -> its docid,
+  not only its first `index_length` tokens (DSI's "FirstP"): an XQuAD
+  paragraph is a median ~290 pieces, so most of what questions ask about
+  is never indexed otherwise. Needs a SentencePiece text vocabulary.
   """
   if indexing_ratio <= 0 or index_length < 1 or synthetic_ratio <= 0:
     raise ValueError(f'register_dsi_tasks: need indexing_ratio > 0, '
@@ -247,6 +257,16 @@ def register_dsi_tasks(corpus: DsiCorpus,
   index_rows = [(text, ids[key], ids[key])
                 for texts in corpus.doc_texts.values()
                 for key, text in zip(corpus.doc_keys, texts)]
+  if index_windows:
+    if not isinstance(vocabulary.text_vocabulary,
+                      seqio.SentencePieceVocabulary):
+      raise ValueError('dsi_tasks.setup.index_windows needs a SentencePiece '
+                       'text vocabulary (windows are cut on its pieces), got '
+                       f'{type(vocabulary.text_vocabulary).__name__}')
+    split = passages.split([t for t, _, _ in index_rows],
+                           vocabulary.text_vocabulary, index_length)
+    index_rows = [(text, index_rows[d][1], index_rows[d][2])
+                  for text, d in zip(split.texts, split.owner)]
 
   def retrieval_rows(language=None):
     rows = {}
@@ -404,7 +424,8 @@ def setup(corpus: str = 'xquad', docid_kind: str = 'atomic',
           index_languages: Sequence[str] = datasets.XQUAD_LANGUAGES,
           query_languages: Sequence[str] = datasets.XQUAD_LANGUAGES,
           min_grade: int = 1, synthetic_queries: str | None = None,
-          synthetic_ratio: float = 1.0, suffix: str = '') -> DsiSetup:
+          synthetic_ratio: float = 1.0, suffix: str = '',
+          index_windows: bool = False) -> DsiSetup:
   """Reads the corpus, makes (or loads) the docids, registers the tasks.
 
   model_vocab_size: the model's T5Config.vocab_size; checked to hold the
@@ -436,7 +457,8 @@ def setup(corpus: str = 'xquad', docid_kind: str = 'atomic',
   tasks = register_dsi_tasks(dsi_corpus, vocab, index_length=index_length,
                              indexing_ratio=indexing_ratio,
                              synthetic=synthetic,
-                             synthetic_ratio=synthetic_ratio, suffix=suffix)
+                             synthetic_ratio=synthetic_ratio, suffix=suffix,
+                             index_windows=index_windows)
   out = DsiSetup(dsi_corpus, mapping, vocab, tasks,
                  model_vocab_size or vocab.vocab_size)
   _LAST[tasks.mixture] = out

@@ -222,3 +222,28 @@ def test_gin_file_registers_tasks_and_runs_a_forward_pass(gin_file):
   # Evaluation in `rosetta train` / `evaluate` decodes under the trie.
   (proc,) = EncoderDecoderModel().processors()
   assert proc is setup.constraint()
+
+
+def test_index_windows_index_every_part_of_a_document(tmp_path):
+  from rosetta import vocab as vocab_lib
+  rs = datasets.cranfield()
+  spm_path = vocab_lib.train_sentencepiece(
+      list(rs.docs[:300]), str(tmp_path / 'spm.model'), vocab_size=800)
+  s = dsi_tasks.setup(corpus='cranfield', docid_kind='naive', min_grade=3,
+                      vocabulary=spm_path, index_length=32,
+                      index_windows=True, suffix='_w')
+  rows = examples(s.tasks.indexing, 'train')
+  by_doc = collections.defaultdict(list)
+  for ex in rows:
+    assert len(ex['inputs']) <= 33                 # 32 pieces + EOS
+    by_doc[ex['targets_pretokenized'].decode()].append(
+        ex['inputs_pretokenized'].decode())
+  assert len(by_doc) == len(rs.docs)
+  text = dict(zip(rs.doc_ids, rs.docs))
+  for doc, windows in by_doc.items():
+    assert all(w in text[doc] for w in windows)
+    assert text[doc].endswith(windows[-1])         # the tail is indexed
+  assert np.mean([len(w) for w in by_doc.values()]) > 5
+  with pytest.raises(ValueError, match='index_windows needs a SentencePiece'):
+    dsi_tasks.setup(corpus='cranfield', docid_kind='naive',
+                    index_windows=True, suffix='_w')
