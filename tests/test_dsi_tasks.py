@@ -229,9 +229,11 @@ def test_index_windows_index_every_part_of_a_document(tmp_path):
   rs = datasets.cranfield()
   spm_path = vocab_lib.train_sentencepiece(
       list(rs.docs[:300]), str(tmp_path / 'spm.model'), vocab_size=800)
+  gin.clear_config()        # earlier tests' bindings (model_vocab_size ...)
   s = dsi_tasks.setup(corpus='cranfield', docid_kind='naive', min_grade=3,
                       vocabulary=spm_path, index_length=32,
-                      index_windows=True, suffix='_w')
+                      index_windows=True, suffix='_w', model_vocab_size=None,
+                      mapping_path=None, synthetic_queries=None)
   rows = examples(s.tasks.indexing, 'train')
   by_doc = collections.defaultdict(list)
   for ex in rows:
