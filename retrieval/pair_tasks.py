@@ -188,15 +188,18 @@ def xquad_examples(query_lang: str, doc_lang: str, split: str,
   answer = ({qid: a for par in datasets.xquad_paragraphs(doc_lang)
              for qid, a in zip(par.question_ids, par.answers)}
             if passage else {})
+  wins: dict[str, list] = {}        # a paragraph's windows, cut once
   out = []
   for qid, question in zip(rs.query_ids, rs.queries):
     (pos,) = [d for d, g in rs.qrels[qid].items() if g > 0]
     others = [d for d in by_article[_article(pos)] if d != pos]
     positive = text[pos]
     if passage:
+      if pos not in wins:
+        wins[pos] = passages.windows(positive, passage[0], passage[1])
       start, ans = answer[qid]
-      positive = passages.window_holding(
-          positive, start, start + len(ans), passage[0], passage[1])
+      positive = passages.best_window(wins[pos], start, start + len(ans),
+                                      len(positive))
     out.append((question, positive,
                 tuple(text[d] for d in _stable_order(qid, others))))
   return out

@@ -95,12 +95,19 @@ def windows(text: str, vocabulary, length: int,
 def window_holding(text: str, start: int, end: int, vocabulary, length: int,
                    stride: int | None = None) -> str:
   """The window of `text` that best holds characters [start, end) (e.g. an
-  answer span): among the windows covering all of it, the one where it is
-  most central; if none covers it (longer than a window), the one
-  overlapping it most."""
-  if not 0 <= start <= end <= len(text):
+  answer span); see `best_window`."""
+  return best_window(windows(text, vocabulary, length, stride), start, end,
+                     len(text))
+
+
+def best_window(wins: Sequence[tuple[int, int, str]], start: int, end: int,
+                text_length: int) -> str:
+  """Of `windows(...)` of one text, the one holding [start, end): among
+  the windows covering all of it, the one where it is most central; if
+  none covers it (longer than a window), the one overlapping it most."""
+  if not 0 <= start <= end <= text_length:
     raise ValueError(f'span [{start}, {end}) is outside a text of '
-                     f'{len(text)} characters')
+                     f'{text_length} characters')
   mid = (start + end) / 2
 
   def key(w):
@@ -108,7 +115,7 @@ def window_holding(text: str, start: int, end: int, vocabulary, length: int,
     covers = b <= start and end <= e
     overlap = min(e, end) - max(b, start)
     return (covers, overlap, -abs((b + e) / 2 - mid))
-  return max(windows(text, vocabulary, length, stride), key=key)[2]
+  return max(wins, key=key)[2]
 
 
 @dataclasses.dataclass(frozen=True)
