@@ -16,7 +16,9 @@ systems' hyperparameters; `--gin.KEY=VALUE` overrides apply to both):
               split's train side) and the XQuAD training questions
               (xquad_split == 'train') -> their paragraph in the same language
               and in English, the first of the article's other paragraphs
-              as a hard negative; tasks sampled with rate n^(1/T)
+              as a hard negative; inverse-cloze pairs cut from the XQuAD
+              paragraphs and Cranfield abstracts (retrieval/ict.py: no
+              queries read); tasks sampled with rate n^(1/T)
   vocabulary  one SentencePiece model (unigram, byte fallback) trained here
               on a language-balanced sample of that training text; the peer
               reads it through a `tokenizers` conversion of the same model
@@ -220,7 +222,8 @@ def read_config(gin_file: str, bindings, vocab_path: str) -> dict:
       mixture=q('train.task'),
       tatoeba_languages=list(q('pair_tasks.setup.tatoeba_languages')),
       xquad_pairs=list(q('pair_tasks.setup.xquad_pairs')),
-      mixture_temperature=q('pair_tasks.setup.temperature'))
+      mixture_temperature=q('pair_tasks.setup.temperature'),
+      ict_corpora=list(q('pair_tasks.setup.ict_corpora', ())))
   conf['t5']['mlp_activations'] = list(conf['t5']['mlp_activations'])
   conf['t5_config'] = T5Config(**{k: (tuple(v) if isinstance(v, list) else v)
                                   for k, v in conf['t5'].items()})
@@ -261,6 +264,9 @@ def training_texts(conf) -> dict[str, list[str]]:
       texts.setdefault(ql, []).append(q)
       for par in (pos,) + tuple(negs):
         texts.setdefault(dl, []).extend(_sentences(par))
+  for corpus in conf['ict_corpora']:          # documents the ICT pairs read
+    texts.setdefault(pair_tasks.ict_corpus_language(corpus), []).extend(
+        s for d in pair_tasks.corpus_documents(corpus) for s in _sentences(d))
   return texts
 
 
@@ -337,9 +343,8 @@ def run_children(children: dict, sequential: bool, cwd: str, log) -> dict:
     procs = {}
     for name in batch:
       cmd, path, env, cpus = children[name]
-      log(f'{name}: ' + ' '.join(cmd[1:4]) + f' ...  (core '
-          f'{"any" if cpus is None else cpus};'
-          f' log: {path})')
+      log(f'{name}: ' + ' '.join(cmd[1:4]) + ' ...  (core '
+          f'{"any" if cpus is None else cpus}; log: {path})')
       f = open(path, 'w')
       pin = (lambda c=cpus: hf_t5_peer.pin(c)) if cpus is not None else None
       procs[name] = (subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT,
@@ -374,8 +379,7 @@ def run_children(children: dict, sequential: bool, cwd: str, log) -> dict:
 
 def rosetta_train_log(run_dir: str) -> dict:
   import numpy as np
-  rows = [json.loads(l) for l in open(os.path.join(run_dir,
-                                                   'train_metrics.jsonl'))]
+  rows = [json.loads(l) for l in open(f'{run_dir}/train_metrics.jsonl')]
   last = rows[-20:]
   return dict(steps=rows[-1]['step'],
               loss_first=float(np.mean([r['loss'] for r in rows[:10]])),
@@ -388,8 +392,7 @@ DONE_RE = re.compile(r'^done: step (\d+) \(training loop: ([\d.]+) CPU s, '
 
 
 def rosetta_loop_clock(log_text: str) -> dict:
-  """Rosetta's training-loop CPU and wall seconds (`rosetta.runs.train`'s
-  last line)."""
+  """Rosetta's training-loop CPU and wall seconds (train's last line)."""
   m = DONE_RE.search(log_text)
   if m is None:
     raise ValueError('no "done: step N (training loop: ...)" line')
@@ -436,8 +439,8 @@ def main(argv=None) -> int:
   spm_path = os.path.join(out, 'vocab', 'spm.model')
   conf = read_config(args.gin_file, args.gin, spm_path)
   if conf['t5']['vocab_size'] < args.vocab_size:
-    raise SystemExit(f'--vocab-size {args.vocab_size} exceeds the model\'s '
-                     f'{conf["t5"]["vocab_size"]} rows')
+    raise SystemExit(f"--vocab-size {args.vocab_size} exceeds the model's "
+                     f"{conf['t5']['vocab_size']} rows")
   if not (args.reuse and os.path.exists(spm_path)):
     build_vocabulary(conf, spm_path, args.vocab_size, log)
   tok_dir = os.path.join(out, 'vocab', 'hf_tokenizer')

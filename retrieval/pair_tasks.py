@@ -10,6 +10,10 @@
                           xquad_split(question id)` (70/30, same in every
                           language), so the test questions of the retrieval
                           evaluation are never trained on
+    ict_pairs_xquad_de    inverse cloze task on a corpus (`retrieval.ict`):
+    ict_pairs_cranfield   a sentence of a document -> its passage window,
+                          sentence cut out; documents only, no queries;
+                          train split only; no hard negatives
 
 Every task has the same three features (a mixture needs that)::
 
@@ -34,7 +38,7 @@ import seqio
 import tensorflow as tf
 
 from rosetta import data
-from retrieval import datasets, passages
+from retrieval import datasets, ict, passages
 from translation import mixtures, sources
 
 Example = tuple[str, str, tuple[str, ...]]  # (query, positive, negatives)
@@ -229,6 +233,52 @@ def register_xquad_pair_task(vocabulary: seqio.Vocabulary, query_lang: str,
   return name
 
 
+# ------------------------------------------------------------------ ICT ---
+
+
+def ict_task_name(corpus: str) -> str:
+  return 'ict_pairs_' + corpus.replace('-', '_')
+
+
+def ict_corpus_language(corpus: str) -> str:
+  """'xquad-<lang>' -> lang, 'cranfield' -> 'en'; anything else an error."""
+  if corpus == 'cranfield':
+    return 'en'
+  name, _, lang = corpus.partition('-')
+  if name == 'xquad' and lang in datasets.XQUAD_LANGUAGES:
+    return lang
+  raise ValueError(f'ICT corpus {corpus!r}: expected "cranfield" or '
+                   f'"xquad-<lang>" with lang in {datasets.XQUAD_LANGUAGES}')
+
+
+def corpus_documents(corpus: str) -> list[str]:
+  """The documents of an ICT corpus: an XQuAD language's 240 paragraphs,
+  or Cranfield's 1,400 abstracts."""
+  lang = ict_corpus_language(corpus)
+  if corpus == 'cranfield':
+    return list(datasets.cranfield().docs)
+  return [p.context for p in datasets.xquad_paragraphs(lang)]
+
+
+def register_ict_task(vocabulary: seqio.Vocabulary, corpus: str,
+                      passage_tokens: int, keep_rate: float = 0.1) -> str:
+  if not isinstance(vocabulary, seqio.SentencePieceVocabulary):
+    raise ValueError('pair_tasks.setup.ict_corpora needs a SentencePiece '
+                     'vocabulary (windows are cut on its pieces), got '
+                     f'{type(vocabulary).__name__}')
+  lang = ict_corpus_language(corpus)
+
+  def load():
+    return ict.examples(corpus_documents(corpus), vocabulary,
+                        passage_tokens, lang=lang, keep_rate=keep_rate,
+                        key=corpus)
+  name = ict_task_name(corpus)
+  register_pair_task(name, PairSource(
+      {'train': load}, description=f'ICT on {corpus}: sentence -> its '
+      f'window of {passage_tokens} tokens'), vocabulary)
+  return name
+
+
 # ---------------------------------------------------------------- setup ---
 
 
@@ -263,13 +313,19 @@ def setup(vocabulary: str | seqio.Vocabulary = 'bytes',
           xquad_pairs: Sequence[str] = ('en-en', 'de-de', 'de-en'),
           mixture: str = 'retrieval_pairs', temperature: float = 2.0,
           root: str | None = None,
-          xquad_passage_tokens: int | None = None) -> list[str]:
+          xquad_passage_tokens: int | None = None,
+          ict_corpora: Sequence[str] = (),
+          ict_passage_tokens: int | None = None,
+          ict_keep_rate: float = 0.1) -> list[str]:
   """Registers Tatoeba and XQuAD pair tasks and the temperature mixture
   `mixture` over them (rate n^(1/T), each task shuffled with its own seed).
   Returns the task names. Tatoeba languages missing from the data
   directory are an error, not skipped. xquad_passage_tokens: XQuAD
   positives are the paragraph's window of that many pieces holding the
-  answer (`xquad_examples`), e.g. the positives' length minus EOS."""
+  answer (`xquad_examples`), e.g. the positives' length minus EOS.
+  ict_corpora: inverse-cloze tasks on these corpora ('xquad-<lang>',
+  'cranfield'; `register_ict_task`), windows of ict_passage_tokens pieces
+  (default xquad_passage_tokens), the sentence kept with ict_keep_rate."""
   vocab = vocabulary_from(vocabulary)
   names = [register_tatoeba_pair_task(vocab, l, root=root)
            for l in tatoeba_languages]
@@ -277,8 +333,16 @@ def setup(vocabulary: str | seqio.Vocabulary = 'bytes',
     passages.check_window(xquad_passage_tokens, None)
   names += [register_xquad_pair_task(vocab, q, d, xquad_passage_tokens)
             for q, d in parse_pairs(xquad_pairs)]
+  if ict_corpora:
+    length = ict_passage_tokens or xquad_passage_tokens
+    if length is None:
+      raise ValueError('pair_tasks.setup.ict_corpora needs '
+                       'ict_passage_tokens (or xquad_passage_tokens)')
+    passages.check_window(length, None)
+    names += [register_ict_task(vocab, c, length, ict_keep_rate)
+              for c in ict_corpora]
   if not names:
-    raise ValueError('pair_tasks.setup: no tatoeba_languages and no '
-                     'xquad_pairs: nothing to train on')
+    raise ValueError('pair_tasks.setup: no tatoeba_languages, xquad_pairs '
+                     'or ict_corpora: nothing to train on')
   mixtures.register_temperature_mixture(mixture, names, temperature)
   return names

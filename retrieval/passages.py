@@ -102,6 +102,12 @@ def window_holding(text: str, start: int, end: int, vocabulary, length: int,
 
 def best_window(wins: Sequence[tuple[int, int, str]], start: int, end: int,
                 text_length: int) -> str:
+  """The text of `best_window_span`."""
+  return best_window_span(wins, start, end, text_length)[2]
+
+
+def best_window_span(wins: Sequence[tuple[int, int, str]], start: int,
+                     end: int, text_length: int) -> tuple[int, int, str]:
   """Of `windows(...)` of one text, the one holding [start, end): among
   the windows covering all of it, the one where it is most central; if
   none covers it (longer than a window), the one overlapping it most."""
@@ -115,7 +121,7 @@ def best_window(wins: Sequence[tuple[int, int, str]], start: int, end: int,
     covers = b <= start and end <= e
     overlap = min(e, end) - max(b, start)
     return (covers, overlap, -abs((b + e) / 2 - mid))
-  return max(wins, key=key)[2]
+  return max(wins, key=key)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -64,6 +64,15 @@ def test_defaults_and_thread_env():
   assert 'intra_op_parallelism_threads=1' in env['XLA_FLAGS']
 
 
+def test_vocabulary_text_holds_the_ict_corpora():
+  from retrieval import datasets
+  texts = retrieval_quality.training_texts(dict(
+      tatoeba_languages=[], xquad_pairs=[], ict_corpora=['cranfield']))
+  assert list(texts) == ['en']
+  doc = datasets.cranfield().docs[0]
+  assert retrieval_quality._sentences(doc)[0] in texts['en']
+
+
 def test_cpu_budget_bookkeeping():
   """Rosetta's loop clock comes from `rosetta.runs.train`'s last line, and
   the training table shows each system's CPU s, wall s, steps, examples."""
