@@ -58,6 +58,7 @@ def dsi_run(tmp_path_factory, one_device):
     gin.clear_config()
 
 
+@pytest.mark.slow   # end to end; .ci/run runs the slow suite too
 def test_beats_random_ranking_by_a_wide_margin(dsi_run):
   s, d = dsi_run['setup'], dsi_run['dir']
   assert dsi_run['step'] == STEPS
@@ -89,6 +90,7 @@ def test_beats_random_ranking_by_a_wide_margin(dsi_run):
   assert train['en']['Hits@10'] > en['Hits@10']
 
 
+@pytest.mark.slow   # end to end; .ci/run runs the slow suite too
 def test_gin_processors_constrain_evaluation(dsi_run, one_device):
   """The gin file binds `EncoderDecoderModel.processors` to
   `dsi_tasks.processors_for`: predict_batch, hence the trainer's periodic

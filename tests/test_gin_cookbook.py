@@ -135,6 +135,7 @@ def test_tasks_and_mixture_yield_examples(workdir):
   assert tags == {'<2de>', '<2en>', '<2es>'}
 
 
+@pytest.mark.slow   # end to end; .ci/run runs the slow suite too
 def test_mixture_experiment_trains(workdir, tmp_path):
   run_dir = tmp_path / 'run'
   argv = [a for a in commands() if 'my_experiments/my_mixture.gin' in

@@ -31,6 +31,7 @@ def env():
   return e
 
 
+@pytest.mark.slow   # end to end; .ci/run runs the slow suite too
 def test_main_job_prints_the_table(tmp_path):
   run_dir = str(tmp_path / 'main')
   cmd = [sys.executable, '-m', 'translation.main_job', '--minutes', '0.1',

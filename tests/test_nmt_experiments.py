@@ -47,6 +47,7 @@ needs_tatoeba = pytest.mark.skipif(
 
 # ----------------------------------------------------------- tatoeba 21 ---
 
+@pytest.mark.slow   # end to end; .ci/run runs the slow suite too
 @needs_tatoeba
 def test_tatoeba_21_experiment(tmp_path, num_devices):
   vocab_path = str(tmp_path / 'spm32k.model')
@@ -172,6 +173,7 @@ def test_mt5_finetune_experiment_parses(mt5_dir, tmp_path):
     runs.task_setup()
 
 
+@pytest.mark.slow   # end to end; .ci/run runs the slow suite too
 @pytest.mark.peers
 def test_mt5_finetune_trains_from_hf_checkpoint(mt5_dir, tmp_path):
   run_dir = str(tmp_path / 'run')

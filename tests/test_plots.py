@@ -71,6 +71,7 @@ def logged(run_dir):
     return {r['step']: r for r in map(json.loads, f) if r}
 
 
+@pytest.mark.slow   # end to end; .ci/run runs the slow suite too
 def test_training_curves_from_the_run(run_dir, tmp_path):
   out = str(tmp_path / 'curves.png')
   result = plots.training_curves(run_dir, out)
@@ -97,6 +98,7 @@ def test_training_curves_from_the_run(run_dir, tmp_path):
   assert all(0 <= v <= 100 for v in s['off-target %'][EVAL_TASK][1])
 
 
+@pytest.mark.slow   # end to end; .ci/run runs the slow suite too
 def test_translation_bars_from_the_run(run_dir):
   table = os.path.join(run_dir, 'translation_table.json')
   rows = {r['direction']: r for r in json.load(open(table))}
@@ -172,6 +174,7 @@ def test_errors_name_the_problem(tmp_path):
     plots.translation_bars(str(bad))
 
 
+@pytest.mark.slow   # end to end; .ci/run runs the slow suite too
 def test_rosetta_plot_cli(run_dir, tmp_path, monkeypatch, capsys):
   """`rosetta plot` (the console script's entry point) from another
   directory: tools/plots.py is found by path, not by the cwd."""

@@ -198,6 +198,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
+@pytest.mark.slow   # end to end; .ci/run runs the slow suite too
 def test_worker_script_trains_and_stops_with_a_checkpoint(tmp_path):
   logs, run = tmp_path / 'logs', tmp_path / 'run'
   env = {**os.environ, 'ROSETTA_LOG_DIR': str(logs), 'JAX_PLATFORMS': 'cpu',

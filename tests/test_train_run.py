@@ -141,6 +141,7 @@ def test_exact_resume_after_kill(straight, tmp_path, sig):
   assert_trees_equal(p1, p2)
 
 
+@pytest.mark.slow   # end to end; .ci/run runs the slow suite too
 def test_resume_onto_other_mesh_and_corrupt_fallback(tmp_path):
   d = str(tmp_path)
   run(d, '--gin.train.total_steps=8', '--gin.train.checkpoint_period=4',
