@@ -9,18 +9,8 @@ import seqio
 
 from retrieval import datasets, ict, pair_tasks
 
-WORDS = ('alpha beta gamma delta Haus Katze über 猫 кошка 北京 首都 '
-         'retrieval window passage').split()
-
-
-@pytest.fixture(scope='module')
-def spm_path(tmp_path_factory):
-  from rosetta import vocab as vocab_lib
-  text = [' '.join(WORDS[(i * 5 + j) % len(WORDS)] for j in range(i % 9 + 1))
-          for i in range(400)]
-  return vocab_lib.train_sentencepiece(
-      text, str(tmp_path_factory.mktemp('vocab') / 'spm.model'),
-      vocab_size=300)
+# the same tiny multilingual SentencePiece model as the passage tests
+from test_passages import WORDS, spm_path  # noqa: E402,F401
 
 
 @pytest.mark.parametrize('text,lang,want', [
