@@ -16,9 +16,9 @@ systems' hyperparameters; `--gin.KEY=VALUE` overrides apply to both):
               split's train side) and the XQuAD training questions
               (xquad_split == 'train') -> their paragraph in the same language
               and in English, the first of the article's other paragraphs
-              as a hard negative; inverse-cloze pairs cut from the XQuAD
-              paragraphs and Cranfield abstracts (retrieval/ict.py: no
-              queries read); tasks sampled with rate n^(1/T)
+              as a hard negative; inverse-cloze pairs of the corpora if
+              `pair_tasks.setup.ict_corpora` (default none; retrieval/
+              ict.py); tasks sampled with rate n^(1/T)
   vocabulary  one SentencePiece model (unigram, byte fallback) trained here
               on a language-balanced sample of that training text; the peer
               reads it through a `tokenizers` conversion of the same model

@@ -53,6 +53,11 @@ def sentence_spans(text: str, lang: str = 'en') -> list[tuple[int, int]]:
   return spans
 
 
+def check_keep_rate(keep_rate: float) -> None:
+  if not 0.0 <= keep_rate <= 1.0:
+    raise ValueError(f'ICT keep_rate must be in [0, 1], got {keep_rate}')
+
+
 def _keeps(key: str, keep_rate: float) -> bool:
   h = int(hashlib.md5(key.encode('utf-8')).hexdigest()[:8], 16)
   return h / 0x100000000 < keep_rate
@@ -80,8 +85,7 @@ def examples(docs: Sequence[str], vocabulary, length: int, *,
   otherwise the window of the document WITHOUT the sentence most central
   on where it was, so a long sentence cut out still leaves a full window
   of its context."""
-  if not 0.0 <= keep_rate <= 1.0:
-    raise ValueError(f'ICT keep_rate must be in [0, 1], got {keep_rate}')
+  check_keep_rate(keep_rate)
   if min_query_chars < 1:
     raise ValueError(f'ICT min_query_chars must be >= 1, got '
                      f'{min_query_chars}')

@@ -267,6 +267,7 @@ def register_ict_task(vocabulary: seqio.Vocabulary, corpus: str,
                      'vocabulary (windows are cut on its pieces), got '
                      f'{type(vocabulary).__name__}')
   lang = ict_corpus_language(corpus)
+  ict.check_keep_rate(keep_rate)      # now, not at the first batch
 
   def load():
     return ict.examples(corpus_documents(corpus), vocabulary,
@@ -334,7 +335,8 @@ def setup(vocabulary: str | seqio.Vocabulary = 'bytes',
   names += [register_xquad_pair_task(vocab, q, d, xquad_passage_tokens)
             for q, d in parse_pairs(xquad_pairs)]
   if ict_corpora:
-    length = ict_passage_tokens or xquad_passage_tokens
+    length = (xquad_passage_tokens if ict_passage_tokens is None
+              else ict_passage_tokens)
     if length is None:
       raise ValueError('pair_tasks.setup.ict_corpora needs '
                        'ict_passage_tokens (or xquad_passage_tokens)')

@@ -110,6 +110,7 @@ def test_ict_tasks_on_xquad_and_cranfield(spm_path):
     (dict(ict_corpora=('xquad-xx',)), 'xquad-<lang>'),
     (dict(ict_corpora=('msmarco',)), 'cranfield'),
     (dict(ict_corpora=('cranfield',)), 'ict_passage_tokens'),
+    (dict(ict_corpora=('cranfield',), ict_keep_rate=-0.1), 'keep_rate'),
 ])
 def test_ict_setup_errors(spm_path, kwargs, match):
   gin.clear_config()
