@@ -228,6 +228,7 @@ def test_two_processes_match_one(tmp_path):
                              rtol=1e-5)
 
 
+@pytest.mark.slow   # end to end; .ci/run runs the slow suite too
 def test_evaluate_and_infer_on_saved_checkpoint(straight, tmp_path):
   common = ['--gin_file=models/tiny.gin', '--gin_file=runs/evaluate.gin',
             '--gin_file=runs/infer.gin',
@@ -263,6 +264,7 @@ def test_evaluate_and_infer_on_saved_checkpoint(straight, tmp_path):
   assert not [n for n in os.listdir(tmp_path) if '.tmp' in n]
 
 
+@pytest.mark.slow   # end to end; .ci/run runs the slow suite too
 def test_cli_errors_name_the_binding(tmp_path):
   p = subprocess.run(
       [PY, '-m', 'rosetta.main', 'train', *BASE,
@@ -299,6 +301,7 @@ def test_load_run_gives_the_trained_network(straight):
     run_loading.load_run(os.path.dirname(straight))
 
 
+@pytest.mark.slow   # end to end; .ci/run runs the slow suite too
 def test_cpu_budget_stops_training_with_a_restorable_checkpoint(tmp_path):
   """`train.cpu_budget_s`: process CPU seconds since the loop began
   (compile included), checked at log steps; the stop leaves a checkpoint
