@@ -235,10 +235,10 @@ def read_config(gin_file: str, bindings, vocab_path: str) -> dict:
 # --------------------------------------------------------- vocabulary ---
 
 
-def _sentences(text: str) -> list[str]:
+def _sentences(text: str) -> list[str]:   # ict's, cut to SPM's length cap
+  from retrieval import ict
   out = []
-  for s in re.split(r'(?<=[.!?\u0964\u061f])\s+|(?<=[\u3002\uff01\uff1f])',
-                    text):
+  for s in (text[b:e] for b, e in ict.sentence_spans(text)):
     while len(s) > 1000:                      # SentencePiece's length cap
       cut = s.rfind(' ', 0, 1000)
       cut = cut if cut > 0 else 1000
