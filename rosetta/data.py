@@ -70,6 +70,7 @@ import seqio
 import tensorflow as tf
 
 from rosetta import iterator_checkpoint as iterator_checkpoint_lib
+from rosetta import length_buckets as length_buckets_lib
 from rosetta import partitioning
 
 try:  # tf.data only; keep TensorFlow off the accelerators JAX uses.
@@ -171,13 +172,53 @@ def deterministic(ds: tf.data.Dataset) -> tf.data.Dataset:
   return ds.with_options(options)
 
 
+def _converted_examples(mixture_or_task_name: str, *, split: str,
+                        task_feature_lengths: Mapping[str, int], seed: int,
+                        shuffle: bool, pack: bool, num_epochs: int | None,
+                        shard_index: int, process_count: int,
+                        use_cached: bool,
+                        feature_converter_cls: ConverterCls | None,
+                        batch_size: int | None) -> tf.data.Dataset:
+  converter_cls = feature_converter_cls or seqio.EncDecFeatureConverter
+  return seqio.get_dataset(
+      mixture_or_task_name, task_feature_lengths=dict(task_feature_lengths),
+      feature_converter=converter_cls(pack=pack),
+      dataset_split=split, use_cached=use_cached, shuffle=shuffle,
+      num_epochs=num_epochs,
+      shard_info=seqio.ShardInfo(index=shard_index, num_shards=process_count),
+      verbose=False, seed=seed, batch_size=batch_size)
+
+
+def _checked_buckets(ds: tf.data.Dataset,
+                     length_buckets: Sequence[Mapping[str, int]]):
+  full = {k: int(v.shape[-1]) for k, v in ds.element_spec.items()
+          if v.shape.rank}
+  return length_buckets_lib.check(length_buckets, full)
+
+
+def estimate_bucket_shares(mixture_or_task_name: str,
+                           length_buckets: Sequence[Mapping[str, int]],
+                           **kwargs) -> np.ndarray:
+  """Each length bucket's share (the full lengths last) among the first
+  examples of shard 0 of `process_count`: the same on every host. kwargs:
+  split, task_feature_lengths, seed, shuffle, pack, num_epochs,
+  process_count, use_cached, feature_converter_cls."""
+  ds = _converted_examples(mixture_or_task_name, shard_index=0,
+                           batch_size=None, **kwargs)
+  return length_buckets_lib.estimate_shares(
+      ds, _checked_buckets(ds, length_buckets))
+
+
 def make_local_dataset(mixture_or_task_name: str, *, split: str,
                        task_feature_lengths: Mapping[str, int],
                        local_batch_size: int, seed: int, shuffle: bool = True,
                        pack: bool = True, num_epochs: int | None = None,
                        process_index: int = 0, process_count: int = 1,
                        use_cached: bool = False,
-                       feature_converter_cls: ConverterCls | None = None
+                       feature_converter_cls: ConverterCls | None = None,
+                       length_buckets: Sequence[Mapping[str, int]] | None
+                       = None,
+                       bucket_shares: Sequence[float] | None = None
                        ) -> tf.data.Dataset:
   """This host's batches: its shard of the task, converted, batched.
 
@@ -185,16 +226,27 @@ def make_local_dataset(mixture_or_task_name: str, *, split: str,
   partial batch of a finite dataset is dropped. `feature_converter_cls`
   (called with `pack=`) defaults to seqio's EncDecFeatureConverter; model
   wrappers with other features name theirs (`model.FEATURE_CONVERTER_CLS`).
+  `length_buckets` (see `rosetta.length_buckets`): batches of a few
+  shapes, bucket b drawn with probability `bucket_shares[b]`
+  (`estimate_bucket_shares` when not given).
   """
-  converter_cls = feature_converter_cls or seqio.EncDecFeatureConverter
-  ds = seqio.get_dataset(
-      mixture_or_task_name, task_feature_lengths=dict(task_feature_lengths),
-      feature_converter=converter_cls(pack=pack),
-      dataset_split=split, use_cached=use_cached, shuffle=shuffle,
-      num_epochs=num_epochs,
-      shard_info=seqio.ShardInfo(index=process_index,
-                                 num_shards=process_count),
-      verbose=False, seed=seed, batch_size=local_batch_size)
+  common = dict(split=split, task_feature_lengths=task_feature_lengths,
+                seed=seed, shuffle=shuffle, pack=pack, num_epochs=num_epochs,
+                process_count=process_count, use_cached=use_cached,
+                feature_converter_cls=feature_converter_cls)
+  if length_buckets is None:
+    ds = _converted_examples(mixture_or_task_name, shard_index=process_index,
+                             batch_size=local_batch_size, **common)
+  else:
+    examples = functools.partial(
+        _converted_examples, mixture_or_task_name, shard_index=process_index,
+        batch_size=None, **common)
+    if bucket_shares is None:
+      bucket_shares = estimate_bucket_shares(mixture_or_task_name,
+                                             length_buckets, **common)
+    ds = length_buckets_lib.bucketed_batches(
+        examples, _checked_buckets(examples(), length_buckets),
+        local_batch_size, bucket_shares, seed)
   return deterministic(ds.prefetch(tf.data.AUTOTUNE))
 
 
@@ -223,7 +275,8 @@ class InputPipeline:
   `jax.make_array_from_process_local_data` with the sharding of
   `batch_logical_axes` (by default batch over ('data', 'fsdp'), length
   replicated). The stream is a deterministic function of (task, split,
-  seed, shuffle, pack, lengths, global batch, process count).
+  seed, shuffle, pack, lengths, length buckets, global batch, process
+  count).
 
   Resume: `state()` is `{'batches_consumed': n, 'seed': ..., ...}` (JSON,
   identical on every host). `InputPipeline(..., state=s)` or `restore(s)`
@@ -246,7 +299,8 @@ class InputPipeline:
                batch_logical_axes: partitioning.LogicalAxes = BATCH_AXES,
                state: Mapping[str, Any] | None = None,
                feature_converter_cls: ConverterCls | None = None,
-               iterator_checkpoint: str | None = None):
+               iterator_checkpoint: str | None = None,
+               length_buckets: Sequence[Mapping[str, int]] | None = None):
     self.partitioner = _as_partitioner(partitioner)
     self.feature_converter_cls = feature_converter_cls
     self.process_index = jax.process_index()
@@ -276,7 +330,15 @@ class InputPipeline:
     self.local_batch_size = global_batch_size // self.process_count
     self.seed, self.shuffle, self.pack = seed, shuffle, pack
     self.num_epochs, self.use_cached = num_epochs, use_cached
-    self._local_spec = self.local_dataset().element_spec
+    self.length_buckets = (None if length_buckets is None else
+                           [dict(b) for b in length_buckets])
+    self.bucket_shares = None
+    # Full-length shapes (a bucketed dataset's lengths vary): shardings and
+    # the AOT-lowered step's worst case.
+    self._local_spec = self._dataset(None).element_spec
+    if self.length_buckets is not None:
+      self.bucket_shares = estimate_bucket_shares(
+          mixture_or_task_name, self.length_buckets, **self._data_kwargs())
     self.shardings = {
         k: self.partitioner.sharding(
             batch_logical_axes[:len(spec.shape)],
@@ -301,14 +363,24 @@ class InputPipeline:
     reshuffle_each_iteration draws a new seed per iterator), so replaying
     the stream means rebuilding it.
     """
+    return self._dataset(self.length_buckets)
+
+  def _dataset(self, length_buckets) -> tf.data.Dataset:
+    return self._dataset(self.length_buckets)
+
+  def _data_kwargs(self) -> dict[str, Any]:
+    return dict(split=self.split,
+                task_feature_lengths=self.task_feature_lengths,
+                seed=self.seed, shuffle=self.shuffle, pack=self.pack,
+                num_epochs=self.num_epochs, process_count=self.process_count,
+                use_cached=self.use_cached,
+                feature_converter_cls=self.feature_converter_cls)
+
+  def _dataset(self, length_buckets) -> tf.data.Dataset:
     return make_local_dataset(
-        self.mixture_or_task_name, split=self.split,
-        task_feature_lengths=self.task_feature_lengths,
-        local_batch_size=self.local_batch_size, seed=self.seed,
-        shuffle=self.shuffle, pack=self.pack, num_epochs=self.num_epochs,
-        process_index=self.process_index, process_count=self.process_count,
-        use_cached=self.use_cached,
-        feature_converter_cls=self.feature_converter_cls)
+        self.mixture_or_task_name, local_batch_size=self.local_batch_size,
+        process_index=self.process_index, length_buckets=length_buckets,
+        bucket_shares=self.bucket_shares, **self._data_kwargs())
 
   @property
   def element_spec(self) -> dict[str, jax.ShapeDtypeStruct]:
@@ -326,7 +398,8 @@ class InputPipeline:
                 self.task_feature_lengths.items())),
             'global_batch_size': self.global_batch_size,
             'process_count': self.process_count,
-            'converter': converter_name(self.feature_converter_cls)}
+            'converter': converter_name(self.feature_converter_cls),
+            'length_buckets': self.length_buckets}
 
   def restore(self, state: Mapping[str, Any], strict: bool = True,
               iterator_checkpoint: str | None = None) -> None:
@@ -356,6 +429,13 @@ class InputPipeline:
           f'input pipeline state was saved with feature converter {saved} '
           f'but this pipeline uses {mine["converter"]} (packing differs); '
           f'resuming would not continue the same stream')
+    # States saved before the field existed had fixed lengths.
+    if state.get('length_buckets') != mine['length_buckets']:
+      raise ValueError(
+          f'input pipeline state was saved with length_buckets='
+          f'{state.get("length_buckets")} but this pipeline has '
+          f'{mine["length_buckets"]}; resuming would not continue the same '
+          f'stream')
     n = int(state['batches_consumed'])
     if n < 0:
       raise ValueError(f'batches_consumed={n} must be >= 0')

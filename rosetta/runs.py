@@ -129,7 +129,8 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
           batch_size: int = gin.REQUIRED, total_steps: int = gin.REQUIRED,
           model=gin.REQUIRED, optimizer=gin.REQUIRED, schedule=None,
           mesh=None, split: str = 'train', seed: int = 0, pack: bool = True,
-          shuffle: bool = True, num_microbatches: int = 1,
+          shuffle: bool = True, length_buckets: list | None = None,
+          num_microbatches: int = 1,
           checkpoint_period: int = 1000, keep_last: int | None = 3,
           keep_every: int | None = None, async_checkpoint: bool = True,
           log_period: int = 10, eval_period: int = 0,
@@ -162,7 +163,9 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
   `checkpoint_input_iterator` writes each process's tf.data iterator state
   into every checkpoint, so a resume deep into a run does not replay the
   stream (`rosetta/iterator_checkpoint.py`; a few MB per process with
-  seqio's shuffle buffers).
+  seqio's shuffle buffers). `length_buckets` (`rosetta/length_buckets.py`),
+  e.g. `[{'positive_tokens': 32}]`: training batches of a few shapes,
+  padded to their bucket's lengths (unpacked data of mixed lengths).
   """
   task_setup()
   run_files.makedirs(model_dir)
@@ -199,8 +202,12 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
       task, split=split, task_feature_lengths=task_feature_lengths,
       global_batch_size=batch_size, partitioner=part, seed=seed,
       shuffle=shuffle, pack=pack, state=data_state,
-      feature_converter_cls=converter_cls, iterator_checkpoint=iterator_state)
+      feature_converter_cls=converter_cls, iterator_checkpoint=iterator_state,
+      length_buckets=length_buckets)
   saver = pipeline.save_iterator if checkpoint_input_iterator else None
+  if length_buckets is not None:
+    _log(f'input: length buckets {length_buckets} + the full lengths, '
+         f'shares of steps {np.round(pipeline.bucket_shares, 3).tolist()}')
   if start_step:
     t0 = time.time()
     how = pipeline.start()
