@@ -227,8 +227,9 @@ def make_local_dataset(mixture_or_task_name: str, *, split: str,
   (called with `pack=`) defaults to seqio's EncDecFeatureConverter; model
   wrappers with other features name theirs (`model.FEATURE_CONVERTER_CLS`).
   `length_buckets` (see `rosetta.length_buckets`): batches of a few
-  shapes, bucket b drawn with probability `bucket_shares[b]`
-  (`estimate_bucket_shares` when not given).
+  shapes; with one process each bucket's batch comes when it is full, with
+  several the bucket of each step is drawn with probability
+  `bucket_shares[b]` (`estimate_bucket_shares` when not given).
   """
   common = dict(split=split, task_feature_lengths=task_feature_lengths,
                 seed=seed, shuffle=shuffle, pack=pack, num_epochs=num_epochs,
@@ -241,12 +242,16 @@ def make_local_dataset(mixture_or_task_name: str, *, split: str,
     examples = functools.partial(
         _converted_examples, mixture_or_task_name, shard_index=process_index,
         batch_size=None, **common)
-    if bucket_shares is None:
-      bucket_shares = estimate_bucket_shares(mixture_or_task_name,
-                                             length_buckets, **common)
-    ds = length_buckets_lib.bucketed_batches(
-        examples, _checked_buckets(examples(), length_buckets),
-        local_batch_size, bucket_shares, seed)
+    buckets = _checked_buckets(examples(), length_buckets)
+    if process_count == 1:
+      ds = length_buckets_lib.grouped_batches(examples(), buckets,
+                                              local_batch_size)
+    else:
+      if bucket_shares is None:
+        bucket_shares = estimate_bucket_shares(mixture_or_task_name,
+                                               length_buckets, **common)
+      ds = length_buckets_lib.bucketed_batches(
+          examples, buckets, local_batch_size, bucket_shares, seed)
   return deterministic(ds.prefetch(tf.data.AUTOTUNE))
 
 
@@ -336,7 +341,7 @@ class InputPipeline:
     # Full-length shapes (a bucketed dataset's lengths vary): shardings and
     # the AOT-lowered step's worst case.
     self._local_spec = self._dataset(None).element_spec
-    if self.length_buckets is not None:
+    if self.length_buckets is not None and self.process_count > 1:
       self.bucket_shares = estimate_bucket_shares(
           mixture_or_task_name, self.length_buckets, **self._data_kwargs())
     self.shardings = {

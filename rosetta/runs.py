@@ -206,8 +206,10 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
       length_buckets=length_buckets)
   saver = pipeline.save_iterator if checkpoint_input_iterator else None
   if length_buckets is not None:
+    shares = pipeline.bucket_shares
     _log(f'input: length buckets {length_buckets} + the full lengths, '
-         f'shares of steps {np.round(pipeline.bucket_shares, 3).tolist()}')
+         + ('each batch as its bucket fills' if shares is None else
+            f'shares of steps {np.round(shares, 3).tolist()}'))
   if start_step:
     t0 = time.time()
     how = pipeline.start()

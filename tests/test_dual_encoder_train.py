@@ -165,3 +165,4 @@ def test_rosetta_train_runs_the_tiny_experiment(tmp_path):
   assert loss[-30:].mean() < 0.8 * loss[:10].mean()
   assert acc[-30:].mean() > 4 / 32          # chance: 1 in 32
   assert '[validation @ step 150] accuracy' in out
+  assert "input: length buckets [{'positive_tokens': 64, " in out

@@ -105,6 +105,24 @@ def test_batches_hold_the_same_rows_cut_to_their_bucket():
   assert other != [b['tokens'].shape[1] for b in batches]
 
 
+def test_grouped_batches_read_the_stream_once():
+  ds, lengths = _toy_examples()
+  buckets = length_buckets.check([{'tokens': 4}, {'tokens': 8}],
+                                 {'tokens': 12})
+  seen = {4: [], 8: [], 12: []}
+  for batch in length_buckets.grouped_batches(
+      ds, buckets, 4).as_numpy_iterator():
+    width = batch['tokens'].shape[1]
+    for row in batch['tokens']:
+      i = int(row[0]) - 1
+      assert row.tolist() == [i + 1] * lengths[i] + [0] * (width - lengths[i])
+      seen[width].append(i)
+  for width, lo in ((4, 1), (8, 5), (12, 9)):
+    order = [i for i in range(600) if lo <= lengths[i] <= width]
+    # Every row of the one pass, in order, but a last part-filled batch.
+    assert seen[width] == order[:len(order) // 4 * 4], width
+
+
 def test_bucket_draws_follow_the_shares_and_skip_empty_buckets():
   ds = tf.data.Dataset.from_tensor_slices(
       {'tokens': np.ones((8, 6), np.int32)}).repeat()
@@ -143,8 +161,12 @@ def _tatoeba_task():
 def test_pipeline_batches_regroup_the_fixed_length_stream(mesh_data8):
   name = _tatoeba_task()
   pipe = _pipe(mesh_data8, name)
-  assert pipe.bucket_shares.sum() == pytest.approx(1.0)
-  assert all(pipe.bucket_shares > 0.05), pipe.bucket_shares
+  assert pipe.bucket_shares is None   # one process: batches as they fill
+  shares = data.estimate_bucket_shares(
+      name, BUCKETS, split='train', task_feature_lengths=LENGTHS, seed=0,
+      shuffle=True, pack=False, num_epochs=None, process_count=2,
+      use_cached=False, feature_converter_cls=CONVERTER)
+  assert shares.sum() == pytest.approx(1.0) and all(shares > 0.05), shares
   # AOT lowering sees the full lengths (the worst case).
   assert pipe.element_spec['positive_tokens'].shape == (16, 96)
   fixed = data.make_local_dataset(
@@ -204,19 +226,35 @@ def test_pipeline_resumes_exactly_and_refuses_other_buckets(mesh_data8,
     _pipe(mesh_data8, name, state=state, length_buckets=None)
 
 
-def test_every_host_draws_the_same_shapes():
+def _host_dataset(name, index):
+  return data.make_local_dataset(
+      name, split='train', task_feature_lengths=LENGTHS, local_batch_size=4,
+      seed=5, pack=False, process_index=index, process_count=2,
+      feature_converter_cls=CONVERTER, length_buckets=BUCKETS)
+
+
+def test_every_host_draws_the_same_shapes(tmp_path):
   name = _tatoeba_task()
   shapes = []
   for index in (0, 1):
-    ds = data.make_local_dataset(
-        name, split='train', task_feature_lengths=LENGTHS,
-        local_batch_size=4, seed=5, pack=False, process_index=index,
-        process_count=2, feature_converter_cls=CONVERTER,
-        length_buckets=BUCKETS)
     shapes.append([(b['query_tokens'].shape, b['positive_tokens'].shape)
-                   for b in ds.take(40).as_numpy_iterator()])
+                   for b in _host_dataset(name, index).take(40)
+                   .as_numpy_iterator()])
   assert shapes[0] == shapes[1]
   assert len(set(shapes[0])) == 3
+  # The drawn sequence and every bucket's reader resume from the iterator
+  # state (what InputPipeline.save_iterator writes on each host).
+  it = iter(_host_dataset(name, 1))
+  for _ in range(9):
+    next(it)
+  path = tf.train.Checkpoint(it=it).save(str(tmp_path / 'it'))
+  want = [next(it) for _ in range(6)]
+  again = iter(_host_dataset(name, 1))
+  tf.train.Checkpoint(it=again).restore(path)
+  for w in want:
+    got = next(again)
+    for k in w:
+      np.testing.assert_array_equal(got[k].numpy(), w[k].numpy())
 
 
 def test_dual_encoder_loss_does_not_depend_on_the_padding(mesh_data8):
