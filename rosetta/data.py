@@ -370,9 +370,6 @@ class InputPipeline:
     """
     return self._dataset(self.length_buckets)
 
-  def _dataset(self, length_buckets) -> tf.data.Dataset:
-    return self._dataset(self.length_buckets)
-
   def _data_kwargs(self) -> dict[str, Any]:
     return dict(split=self.split,
                 task_feature_lengths=self.task_feature_lengths,

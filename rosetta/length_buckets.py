@@ -24,13 +24,14 @@ identical on every host), and each bucket's batches come from its own
 filtered copy of the example stream. That reads (and preprocesses) the
 stream once per bucket: on the CPU retrieval benchmark the input pipeline
 went from 42 to 113 CPU ms per batch, as much as the shorter steps saved,
-so it pays only where the step dwarfs preprocessing (accelerators).
+so it pays where preprocessing runs on host cores the step leaves idle
+(accelerator hosts), not where both share the cores.
 
 Both keep each bucket's rows in the stream's order (fresh copies of a
 seeded stream replay one order), so bucketing only regroups the stream. A
-finite stream (`num_epochs`) ends when a bucket runs dry, so the other
-buckets' last examples of that pass go unused: meant for repeated training
-streams, not for evaluation.
+finite stream (`num_epochs`) leaves examples unused at its end (part-filled
+batches; with draws, everything after the first bucket runs dry): meant for
+repeated training streams, not for evaluation.
 """
 
 from __future__ import annotations
