@@ -72,16 +72,20 @@ def check(buckets: Sequence[Mapping[str, int]],
         raise ValueError(f'{where}[{name!r}] = {length}: must be in [1, '
                          f'{full_lengths[name]}] (the full length)')
     out.append({k: int(v) for k, v in bucket.items()})
+  # Every bucket names the same features (a feature a bucket leaves out
+  # keeps its full length there), the full lengths last.
   names = sorted({k for b in out for k in b})
-  out.append({k: int(full_lengths[k]) for k in names})
+  out = [{k: b.get(k, int(full_lengths[k])) for k in names}
+         for b in out + [{}]]
   for i, (a, b) in enumerate(zip(out, out[1:])):
     # The first bucket that fits must be the smallest that fits.
     for k in names:
-      if a.get(k, full_lengths[k]) > b.get(k, full_lengths[k]):
+      if a[k] > b[k]:
         nxt = f'{field}[{i + 1}]' if i + 1 < len(buckets) else 'full lengths'
-        raise ValueError(f'{field}[{i}][{k!r}] = {a[k]} is longer than '
-                         f'{nxt} ({b.get(k, full_lengths[k])}): list buckets '
-                         f'shortest first')
+        what = (f'{field}[{i}][{k!r}] = {a[k]}' if k in buckets[i] else
+                f'{field}[{i}] leaves {k!r} at its full length {a[k]}, which')
+        raise ValueError(f'{what} is longer than {nxt} ({b[k]}): list '
+                         f'buckets shortest first')
   return out
 
 

@@ -32,6 +32,13 @@ def test_check_appends_full_lengths_and_names_bad_fields():
   full = {'query_tokens': 64, 'positive_tokens': 96, 'query_ids': 1}
   assert length_buckets.check(BUCKETS, full) == BUCKETS + [
       {'query_tokens': 64, 'positive_tokens': 96}]
+  # A feature a bucket leaves out keeps its full length there.
+  assert length_buckets.check(
+      [{'query_tokens': 16, 'positive_tokens': 32},
+       {'positive_tokens': 48}], full) == [
+           {'query_tokens': 16, 'positive_tokens': 32},
+           {'query_tokens': 64, 'positive_tokens': 48},
+           {'query_tokens': 64, 'positive_tokens': 96}]
   bad = [
       ({'query_tokens': 32}, TypeError, 'expected a list'),
       ([], ValueError, 'empty'),
@@ -44,6 +51,9 @@ def test_check_appends_full_lengths_and_names_bad_fields():
       ([{'positive_tokens': 48}, {'positive_tokens': 32}], ValueError,
        r"length_buckets\[0\]\['positive_tokens'\] = 48 is longer than "
        r'length_buckets\[1\] \(32\): list buckets shortest first'),
+      ([{'query_tokens': 16}, {'positive_tokens': 48}], ValueError,
+       r"length_buckets\[0\] leaves 'positive_tokens' at its full length "
+       r'96, which is longer than length_buckets\[1\] \(48\)'),
   ]
   for buckets, err, msg in bad:
     with pytest.raises(err, match=msg):
