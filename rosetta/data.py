@@ -242,10 +242,10 @@ def make_local_dataset(mixture_or_task_name: str, *, split: str,
     examples = functools.partial(
         _converted_examples, mixture_or_task_name, shard_index=process_index,
         batch_size=None, **common)
-    buckets = _checked_buckets(examples(), length_buckets)
+    ds = examples()
+    buckets = _checked_buckets(ds, length_buckets)
     if process_count == 1:
-      ds = length_buckets_lib.grouped_batches(examples(), buckets,
-                                              local_batch_size)
+      ds = length_buckets_lib.grouped_batches(ds, buckets, local_batch_size)
     else:
       if bucket_shares is None:
         bucket_shares = estimate_bucket_shares(mixture_or_task_name,
