@@ -34,6 +34,8 @@ FAMILIES = {  # family -> (title, headline metric)
 }
 LASER_CODES = {'zh': 'cmn', 'ro': 'ron', 'sw': 'swh', 'ar': 'ara'}
 GALLERY_SIZE = 500
+FUSED = ('rosetta', 'st')   # dense systems also fused with BM25
+FUSION_STEP = 0.05          # the CombSUM weight grid
 
 # --------------------------------------------------------- evaluation ---
 
@@ -158,6 +160,65 @@ def correction_for(kind, corpus, qbank, gbank, beta):
   return hubness.dbnorm(corpus, qbank, gbank, beta1=beta, beta2=beta)
 
 
+def _dense_search(sysm, rs, split, k, correction=None):
+  from retrieval import passages, search
+  q = sysm.embed(rs.queries, 'query')
+  corpus = search.shard_corpus(sysm.embed(
+      split.texts if split is not None else rs.docs, 'doc'))
+  return ((passages.search(corpus, q, k, split, correction=correction)
+           if split is not None else
+           search.search(corpus, q, k, correction=correction)), corpus)
+
+
+def _scored_run(res, rs, prefix=''):
+  from retrieval import ir_metrics
+  return ir_metrics.run_from_topk(res.indices, [prefix + q for q in
+                                                rs.query_ids], rs.doc_ids,
+                                  scores=res.scores)
+
+
+def tune_fusion(systems: dict, sets: dict, out_dir: str, log,
+                passage_vocab=None, passage_tokens: int | None = None,
+                step: float = FUSION_STEP) -> dict:
+  """{dense key: (BM25 weight, dense weight)} for min-max CombSUM, tuned
+  (MRR@10, `retrieval.fusion.tune_weights`) on the TRAINING questions of
+  the XQuAD same-language sets being evaluated, all languages pooled; the
+  weights then serve every set. Writes fusion_weights.json."""
+  from retrieval import bm25, datasets, fusion, passages
+  langs = [rs_lang for _, (fam, _, _, rs_lang) in sets.items()
+           if fam == 'xquad_same']
+  dense = [k for k in systems if k in FUSED and systems[k] is not None]
+  if 'bm25' not in systems or not dense or not langs:
+    return {}
+  train_runs = {k: {} for k in ['bm25'] + dense}
+  qrels = {}
+  for lang in langs:
+    rs = datasets.xquad(lang, corpus=lang, split='train')
+    pre = f'{lang}/'   # question ids repeat across languages
+    qrels.update({pre + q: d for q, d in rs.qrels.items()})
+    k = min(max(KS), len(rs.docs))
+    train_runs['bm25'].update(_scored_run(
+        bm25.BM25Index(rs.docs, lang=lang).search(rs.queries, k), rs, pre))
+    split = (passages.split(rs.docs, passage_vocab, passage_tokens)
+             if passage_tokens else None)
+    for key in dense:
+      res, _ = _dense_search(systems[key], rs, split, k)
+      train_runs[key].update(_scored_run(res, rs, pre))
+  weights, record = {}, {}
+  for key in dense:
+    best, table = fusion.tune_weights(
+        [train_runs['bm25'], train_runs[key]], qrels, 'combsum',
+        metric='MRR@10', step=step, norm='minmax')
+    weights[key] = best
+    record[key] = dict(weights=best, queries=len(qrels), table=table)
+    log(f'fusion: BM25 + {DENSE_LABEL[key]} CombSUM weights {best} '
+        f'(MRR@10 {max(v for _, v in table):.3f} on {len(qrels)} training '
+        f'questions; BM25 alone {table[-1][1]:.3f}, dense alone '
+        f'{table[0][1]:.3f})')
+  write_json(os.path.join(out_dir, 'fusion_weights.json'), record)
+  return weights
+
+
 def evaluate_all(systems: dict, sets: dict, out_dir: str, beta: float, log,
                  passage_vocab=None, passage_tokens: int | None = None):
   """{system label: {set name: metrics}}; writes TREC runs and qrels.
@@ -167,11 +228,17 @@ def evaluate_all(systems: dict, sets: dict, out_dir: str, beta: float, log,
   and score a document by its best window (`retrieval.passages`, MaxP);
   each dense system then also gets a row indexing only each document's
   first window, as encoding a whole document at the trained length does
-  (label + FIRST_WINDOW). None: documents are encoded whole (truncated)."""
+  (label + FIRST_WINDOW). None: documents are encoded whole (truncated).
+
+  Hybrid rows (FUSED systems, when BM25 runs too): BM25 + the dense
+  system's uncorrected run fused by RRF (k=60, untuned) and by min-max
+  CombSUM with weights from `tune_fusion` (training questions)."""
   import logging
-  from retrieval import bm25, hubness, ir_metrics, passages, search
+  from retrieval import bm25, fusion, hubness, ir_metrics, passages, search
   logging.getLogger('bm25s').setLevel(logging.WARNING)
   metrics, skew = {}, {}
+  weights = tune_fusion(systems, sets, out_dir, log, passage_vocab,
+                        passage_tokens)
   for name, (fam, rs, qbank, corpus_lang) in sets.items():
     ir_metrics.write_qrels(os.path.join(out_dir, 'qrels', f'{name}.qrels'),
                            rs.qrels)
@@ -186,35 +253,40 @@ def evaluate_all(systems: dict, sets: dict, out_dir: str, beta: float, log,
     for key, sysm in systems.items():
       if key == 'bm25':
         continue
-      q = sysm.embed(rs.queries, 'query')
       if split is not None:
         first = search.shard_corpus(sysm.embed(rs.docs, 'doc'))
-        results[DENSE_LABEL[key] + FIRST_WINDOW] = search.search(first, q, k)
-        corpus = search.shard_corpus(sysm.embed(split.texts, 'doc'))
-      else:
-        corpus = search.shard_corpus(sysm.embed(rs.docs, 'doc'))
+        results[DENSE_LABEL[key] + FIRST_WINDOW] = search.search(
+            first, sysm.embed(rs.queries, 'query'), k)
+      res, corpus = _dense_search(sysm, rs, split, k)
       for kind in (CORRECTIONS if key != 'init' else (None,)):
-        corr = None
         if kind:
           gb = (sysm.embed(gallery_bank(corpus_lang), 'doc')
                 if kind == 'dbnorm' else None)
-          corr = correction_for(kind, corpus, sysm.embed(qbank, 'query'), gb,
-                                beta)
-        res = (passages.search(corpus, q, k, split, correction=corr)
-               if split is not None else
-               search.search(corpus, q, k, correction=corr))
+          res, _ = _dense_search(sysm, rs, split, k, correction_for(
+              kind, corpus, sysm.embed(qbank, 'query'), gb, beta))
         label = DENSE_LABEL[key] + CORRECTION_LABEL[kind]
         results[label] = res
         skew.setdefault(label, {})[name] = hubness.skewness(
             hubness.k_occurrence(res.indices, len(rs.docs), 10))
-    for label, res in results.items():
-      run = ir_metrics.run_from_topk(res.indices, rs.query_ids, rs.doc_ids)
+    runs = {label: ir_metrics.run_from_topk(res.indices, rs.query_ids,
+                                            rs.doc_ids)
+            for label, res in results.items()}
+    for key in (FUSED if 'BM25' in results else ()):
+      if DENSE_LABEL[key] not in results:
+        continue
+      pair = [_scored_run(results['BM25'], rs),
+              _scored_run(results[DENSE_LABEL[key]], rs)]
+      runs[f'BM25 + {DENSE_LABEL[key]} (RRF)'] = fusion.rrf(pair, k=k)
+      if key in weights:
+        runs[f'BM25 + {DENSE_LABEL[key]} (CombSUM, tuned)'] = fusion.combsum(
+            pair, weights[key], norm='minmax', k=k)
+    for label, run in runs.items():
       slug = re.sub(r'[^a-z0-9]+', '_', label.lower()).strip('_')
       ir_metrics.write_run(os.path.join(out_dir, 'trec', slug,
                                         f'{name}.trec'), run, tag=slug)
       metrics.setdefault(label, {})[name] = ir_metrics.evaluate(
           run, rs.qrels, ks=[x for x in KS if x <= len(rs.docs)])
-    best = max(results, key=lambda l: metrics[l][name][FAMILIES[fam][1]])
+    best = max(runs, key=lambda l: metrics[l][name][FAMILIES[fam][1]])
     log(f'{name:28s} ({len(rs.queries)} q x {len(rs.docs)} docs'
         + (f', {len(split.texts)} passages' if split is not None else '')
         + f') best: {best} {FAMILIES[fam][1]} '

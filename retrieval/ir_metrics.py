@@ -191,7 +191,8 @@ def write_run(path: str, run: Run, tag: str = 'rosetta') -> None:
                            'whitespace')
       if not math.isfinite(score):
         raise ValueError(f'{path}: score of {qid}/{doc} is {score}')
-      lines.append(f'{qid} Q0 {doc} {rank} {score!r} {tag}\n')
+      # float(): a numpy score's repr is 'np.float64(...)', not a number
+      lines.append(f'{qid} Q0 {doc} {rank} {float(score)!r} {tag}\n')
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   atomic_write(path, lambda f: f.write(''.join(lines).encode('utf-8')))
 

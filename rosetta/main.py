@@ -33,12 +33,13 @@ def parse_args(argv):
       formatter_class=argparse.RawDescriptionHelpFormatter,
       epilog=__doc__.split('\n\n', 1)[1])
   parser.add_argument('command',
-                      choices=sorted(COMMANDS) + ['average', 'plot',
+                      choices=sorted(COMMANDS) + ['average', 'fuse', 'plot',
                                                   'translate'],
                       help='what to run (`rosetta translate --help` for '
                       'translation of a file or stdin, `rosetta plot --help` '
                       'for PNG figures of a run, `rosetta average --help` to '
-                      'average a run\'s last checkpoints)')
+                      'average a run\'s last checkpoints, `rosetta fuse '
+                      '--help` to fuse TREC run files (hybrid retrieval))')
   parser.add_argument('--gin_file', action='append', default=[],
                       help='gin file (repeatable; later files win); paths '
                       'are relative to the cwd or to the repo gin/ folder')
@@ -94,6 +95,9 @@ def cli(argv=None) -> int:
     return translate.main(argv[1:])
   if argv and argv[0] == 'plot':  # figures from a run's logs and tables
     return _plots_module().main(argv[1:])
+  if argv and argv[0] == 'fuse':  # hybrid retrieval over TREC run files
+    from retrieval import fusion
+    return fusion.main(argv[1:])
   if argv and argv[0] == 'average':  # mean of a run's last checkpoints
     from rosetta import checkpoint_averaging
     return checkpoint_averaging.main(argv[1:])

@@ -71,6 +71,35 @@ def test_xquad_pairs_split_by_question_and_article_negatives():
                for n in negatives)
 
 
+def test_negatives_are_tokenized_only_when_the_lengths_name_them():
+  need('xquad')
+  name = pair_tasks.register_xquad_pair_task(seqio.ByteVocabulary(), 'de',
+                                             'en')
+  task = seqio.get_mixture_or_task(name)
+
+  def rows(lengths):
+    ds = task.get_dataset(lengths, 'train', shuffle=False)
+    return list(ds.take(6).as_numpy_iterator())
+  lean = rows({'queries': 32, 'positives': 64})
+  full = rows({'queries': 32, 'positives': 64, 'negatives': 64})
+  assert [r['negatives'].shape[0] for r in lean] == [0] * 6
+  assert [r['negatives'].shape[0] for r in full] == [4] * 6
+  assert all(r['negatives'][0][-1] == 1 for r in full)     # EOS
+  for a, b in zip(lean, full):
+    for key in ('queries', 'positives', 'queries_pretokenized'):
+      np.testing.assert_array_equal(a[key], b[key])
+  # the model features without hard negatives are the same either way
+  conv = dem.DualEncoderFeatureConverter()
+  for lengths in ({'queries': 32, 'positives': 64},
+                  {'queries': 32, 'positives': 64, 'negatives': 64}):
+    ex = next(conv(task.get_dataset(lengths, 'train', shuffle=False),
+                   {'queries': 32, 'positives': 64}).as_numpy_iterator())
+    assert sorted(ex) == ['positive_ids', 'positive_tokens', 'query_ids',
+                          'query_tokens']
+    np.testing.assert_array_equal(ex['positive_tokens'][:len(
+        full[0]['positives'])], full[0]['positives'])
+
+
 @pytest.mark.parametrize('gin_file', gin_utils.all_gin_files('retrieval'))
 def test_gin_config_builds_and_runs(gin_file):
   gin_utils.parse([gin_file])

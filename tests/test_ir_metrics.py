@@ -141,6 +141,10 @@ def test_trec_files_round_trip_and_errors_name_the_line(tmp_path):
   assert lines[0] == 'q1 Q0 d1 1 2.5 bm25' and len(lines) == 3
   assert ir_metrics.read_run(path) == run
   assert os.listdir(tmp_path / 'runs') == ['x.run']   # no temp file left
+  # numpy scores are written as numbers (their repr is 'np.float64(2.5)')
+  ir_metrics.write_run(path, {'q1': {'d1': np.float64(2.5),
+                                     'd2': np.float32(0.25)}}, tag='bm25')
+  assert ir_metrics.read_run(path) == {'q1': {'d1': 2.5, 'd2': 0.25}}
   qrels = {'q1': {'d1': 3, 'd2': 0}}
   ir_metrics.write_qrels(str(tmp_path / 'q.qrels'), qrels)
   assert ir_metrics.read_qrels(str(tmp_path / 'q.qrels')) == qrels

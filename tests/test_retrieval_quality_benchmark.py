@@ -1,11 +1,16 @@
 """benchmarks/retrieval_quality.py's bookkeeping, without training: the
 peer's NO_DUPLICATES batches, the SentencePiece -> `tokenizers` conversion
-(token-for-token parity with seqio), the per-family summary and table."""
+(token-for-token parity with seqio), the per-family summary and table,
+the passage index and the hybrid (BM25 + dense) rows."""
 
+import json
 import os
 import sys
 
 import numpy as np
+import pytest
+
+from retrieval import datasets
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, 'benchmarks'))
@@ -135,3 +140,57 @@ def test_passage_index_finds_what_the_first_window_cannot(tmp_path):
   windows = passages.split(docs, path, 15).texts
   assert len(windows) > 2 * len(docs)
   assert system.encoded == len(set(docs) | set(windows)) + 1  # each once
+
+
+@pytest.mark.skipif(not datasets.available('xquad'),
+                    reason='needs XQuAD')
+def test_hybrid_rows_tuned_on_training_questions(tmp_path):
+  """BM25 + a dense system: the CombSUM weights come from the XQuAD
+  TRAINING questions (fusion_weights.json), the hybrid rows' TREC runs are
+  exactly retrieval.fusion over the two systems' test runs. The dense
+  system is a hashed bag of words (real text, a known weak scorer)."""
+  import zlib
+  from retrieval import bm25, fusion, ir_metrics, search
+
+  def encode(texts):
+    out = np.zeros((len(texts), 256), np.float32)
+    for r, t in enumerate(texts):
+      for w in t.lower().split():
+        out[r, zlib.crc32(w.encode()) % 256] += 1.0
+      out[r] /= max(np.linalg.norm(out[r]), 1e-6)
+    return out
+  rs = datasets.xquad('en', corpus='en', split='test')
+  bank = datasets.xquad('en', corpus='en', split='train').queries
+  out = str(tmp_path / 'out')
+  metrics, _ = retrieval_eval.evaluate_all(
+      {'bm25': None, 'rosetta': retrieval_eval.DenseSystem(
+          'rosetta', {'query': encode, 'doc': encode})},
+      {'xquad_en-en': ('xquad_same', rs, bank, 'en')}, out, 20.0,
+      lambda msg: None)
+  with open(os.path.join(out, 'fusion_weights.json')) as f:
+    record = json.load(f)['rosetta']
+  assert record['queries'] == len(bank)
+  w = record['weights']
+  assert sum(w) == pytest.approx(1) and len(record['table']) == 21
+  assert max(v for _, v in record['table']) >= record['table'][-1][1]
+  # the hybrid TREC runs are retrieval.fusion over the scored test runs
+  hits = bm25.BM25Index(rs.docs, lang='en').search(rs.queries, 100)
+  dense = search.search(search.shard_corpus(encode(rs.docs)),
+                        encode(rs.queries), 100)
+  pair = [ir_metrics.run_from_topk(r.indices, rs.query_ids, rs.doc_ids,
+                                   scores=r.scores) for r in (hits, dense)]
+  for name, want in (('bm25_rosetta_rrf', fusion.rrf(pair, k=100)),
+                     ('bm25_rosetta_combsum_tuned', fusion.combsum(
+                         pair, w, norm='minmax', k=100))):
+    got = ir_metrics.read_run(os.path.join(out, 'trec', name,
+                                           'xquad_en-en.trec'))
+    assert got.keys() == want.keys()
+    for q in want:
+      assert list(got[q]) == list(want[q])
+      np.testing.assert_allclose(list(got[q].values()),
+                                 list(want[q].values()), rtol=1e-6)
+  for label in ('BM25', 'Rosetta', 'BM25 + Rosetta (RRF)',
+                'BM25 + Rosetta (CombSUM, tuned)'):
+    assert 0.0 < metrics[label]['xquad_en-en']['MRR@10'] <= 1.0
+  hybrid = metrics['BM25 + Rosetta (CombSUM, tuned)']['xquad_en-en']
+  assert hybrid['MRR@10'] > metrics['Rosetta']['xquad_en-en']['MRR@10']
