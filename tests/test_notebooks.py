@@ -34,6 +34,7 @@ EXPECTED_OUTPUT = {
     'retrieval.ipynb': ['rosetta train', 'retrieval/dual_encoder_tiny_cpu.gin',
                         '| de -> en | dual encoder + CSLS |',
                         '| en -> en | BM25 |', 'N10 skewness', 'image/png',
+                        '| de -> en | BM25 + dual encoder (RRF) |',
                         'recall_at_k.png', "'num_shards': 2"],
     'generative_retrieval.ipynb': [
         'rosetta train', 'dsi/xquad_semantic_tiny.gin', 'children of the root',
