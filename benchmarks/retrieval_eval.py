@@ -183,7 +183,9 @@ def tune_fusion(systems: dict, sets: dict, out_dir: str, log,
   """{dense key: (BM25 weight, dense weight)} for min-max CombSUM, tuned
   (MRR@10, `retrieval.fusion.tune_weights`) on the TRAINING questions of
   the XQuAD same-language sets being evaluated, all languages pooled; the
-  weights then serve every set. Writes fusion_weights.json."""
+  weights then serve every set. Writes fusion_weights.json. (The dense
+  systems trained on those questions, so the weights lean their way; the
+  benchmark has no development split yet.)"""
   from retrieval import bm25, datasets, fusion, passages
   langs = [rs_lang for _, (fam, _, _, rs_lang) in sets.items()
            if fam == 'xquad_same']
