@@ -1,7 +1,7 @@
 """Compile time of a JAX call, apart from its run time, from jax.monitoring's
 duration events (tracing, lowering to MLIR, the backend compile).
 
-    from compile_clock import first_call
+    from benchmarks.compile_clock import first_call
     result, wall_s, compile_s = first_call(lambda: f(x))
 
 Shared by benchmarks/decoding.py, search.py and constrained_decoding.py so

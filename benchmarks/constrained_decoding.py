@@ -1,4 +1,4 @@
-"""Docid-constrained beam search (retrieval.trie) vs unconstrained.
+"""Docid-constrained beam search (retrieval.dsi.trie) vs unconstrained.
 
 Random docids (distinct token sequences of 4-8 tokens over ids [2, V)) for
 10k and 1M documents; beam search over them with the `TrieConstraint`
@@ -18,8 +18,8 @@ Compile time (trace + lower + XLA, from `jax.monitoring`) is apart; timed
 runs reuse the compiled program, best of --repeats (x20 for synthetic),
 alternating the two systems so a burst of load from elsewhere hits both.
 
-    python benchmarks/constrained_decoding.py --quick   # beam 10, both sizes
-    python benchmarks/constrained_decoding.py --beams 4 10 --driver synthetic
+    python -m benchmarks.constrained_decoding --quick   # beam 10, both sizes
+    python -m benchmarks.constrained_decoding --beams 4 10 --driver synthetic
 
 Prints a Markdown table. It measures, it does not assert.
 """
@@ -30,21 +30,19 @@ import argparse
 import dataclasses
 import itertools
 import os
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from flax import nnx  # noqa: E402
 
-from compile_clock import first_call  # noqa: E402
-from retrieval.trie import Trie  # noqa: E402
-from rosetta import decoding  # noqa: E402
-from rosetta.encoder_decoder import EncoderDecoder, T5Config  # noqa: E402
+from benchmarks.compile_clock import first_call  # noqa: E402
+from retrieval.dsi.trie import Trie  # noqa: E402
+from rosetta.decoding import algorithms as decoding  # noqa: E402
+from rosetta.model.encoder_decoder import EncoderDecoder, T5Config  # noqa: E402
 
 
 

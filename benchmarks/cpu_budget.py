@@ -10,7 +10,6 @@ their threads.
 
 from __future__ import annotations
 
-import os
 import platform
 
 # XLA:CPU with one compute thread (set before JAX starts).

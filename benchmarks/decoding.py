@@ -1,4 +1,4 @@
-"""Decoding speed: Rosetta (`rosetta.decoding`) vs HF transformers `generate`.
+"""Decoding speed: Rosetta (`rosetta.decoding.algorithms`) vs HF transformers `generate`.
 
 Both decode with the same weights (a random HF T5.1.1 checkpoint, imported
 into Rosetta), on CPU, from the same random source batch, in float32 and in
@@ -10,10 +10,10 @@ tokens/s = batch * N / seconds (beams are not counted). Rosetta's compile
 time (tracing + lowering + XLA compilation, from `jax.monitoring` events)
 is reported apart; the timed calls reuse the compiled program.
 
-    python benchmarks/decoding.py --quick        # batch 8, 32 tokens
-    python benchmarks/decoding.py                # batch {8, 32} x {32, 128}
-    python benchmarks/decoding.py --batch 8 --new-tokens 128 --strategy beam4
-    python benchmarks/decoding.py --dtype bfloat16
+    python -m benchmarks.decoding --quick        # batch 8, 32 tokens
+    python -m benchmarks.decoding                # batch {8, 32} x {32, 128}
+    python -m benchmarks.decoding --batch 8 --new-tokens 128 --strategy beam4
+    python -m benchmarks.decoding --dtype bfloat16
 
 Prints a Markdown table. It measures, it does not assert; the numbers depend
 on the machine and on whatever else runs on it.
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import sys
 import tempfile
 import time
 
@@ -32,11 +31,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from compile_clock import first_call  # noqa: E402
-from rosetta import checkpoint_import, decoding  # noqa: E402
-from rosetta import logits_processors as lp  # noqa: E402
+from benchmarks.compile_clock import first_call  # noqa: E402
+from rosetta.checkpoint import hf as checkpoint_import  # noqa: E402
+from rosetta.decoding import algorithms as decoding  # noqa: E402
+from rosetta.decoding import processors as lp  # noqa: E402
 
 # T5.1.1 'small' as in t5x (HF google/t5-v1_1-small has 6 heads x 64 too).
 SMALL = dict(vocab_size=32128, d_model=512, d_kv=64, num_heads=6, d_ff=1024,

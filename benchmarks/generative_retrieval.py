@@ -4,7 +4,7 @@ One table on XQuAD (held-out questions in each of its 12 languages, the
 240 paragraphs indexed) and Cranfield (held-out queries, 1,400 abstracts,
 relevant = grade >= 2): Hits@1, Hits@10 and MRR@10 of
 
-  BM25             bm25s over each language's paragraphs (retrieval.bm25)
+  BM25             bm25s over each language's paragraphs (retrieval.search.bm25)
   dual encoder     a tiny shared-tower T5 encoder trained here on the XQuAD
                    training questions of all 12 languages
                    (gin/retrieval/dual_encoder_tiny_cpu.gin), or a
@@ -24,17 +24,17 @@ relevant = grade >= 2): Hits@1, Hits@10 and MRR@10 of
 All systems share one SentencePiece vocabulary per corpus, trained on its
 documents and training queries (`dsi_tasks.corpus_vocabulary`). DSI ranks
 by constrained beam search (10 beams = the top 10 docids); everything is
-scored by the same code (`retrieval.dsi_eval`: pytrec_eval on the top 10)
+scored by the same code (`retrieval.dsi.evaluation`: pytrec_eval on the top 10)
 on the same queries, with TREC run files under <out>/trec/. Then it reruns
 benchmarks/constrained_decoding.py (10k and 1M random ids).
 
-    python benchmarks/generative_retrieval.py --quick
-    python benchmarks/generative_retrieval.py --budget-minutes 10 \\
+    python -m benchmarks.generative_retrieval --quick
+    python -m benchmarks.generative_retrieval --budget-minutes 10 \\
         --dual-encoder runs/de_xquad --out runs/generative_retrieval
-    # equal work per system on a shared machine, done by 12:48 UTC:
-    python benchmarks/generative_retrieval.py --steps 1000 \\
+    # equal work per system on a shared machine, with a deadline (HH:MM):
+    python -m benchmarks.generative_retrieval --steps 1000 \\
         --aux-steps 250 --budget-minutes 5 --queries-per-doc 1 --dim 64 \\
-        --corpora xquad --timing skip --stop-at 12:48
+        --corpora xquad --timing skip --stop-at HH:MM
 
 Systems run in --systems order (the issue's key rows first); with
 --stop-at, one that would not finish in time is skipped and logged.
@@ -54,23 +54,24 @@ import time
 import traceback
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
-HERE = os.path.dirname(os.path.abspath(__file__))
-try:
-  import rosetta  # noqa: F401  (installed: `pip install -e .`)
-except ImportError:
-  # Only when not installed: with the checkout on sys.path, a `runs/`
-  # folder in it is a namespace package and gin's include of
-  # 'runs/train.gin' crashes (docs/notes/generative_retrieval.md).
-  sys.path.append(os.path.dirname(HERE))
 
 import gin  # noqa: E402
 import numpy as np  # noqa: E402
 
-from retrieval import bm25, datasets, dsi_embeddings, dsi_eval  # noqa: E402
-from retrieval import dsi_tasks  # noqa: E402
-from retrieval import synthetic_queries as sq  # noqa: E402
-from retrieval.docids import padded_vocab_size  # noqa: E402
-from rosetta import gin_utils, main, models, runs  # noqa: E402
+from retrieval import datasets  # noqa: E402
+from retrieval.search import bm25  # noqa: E402
+from retrieval.dsi import embeddings as dsi_embeddings  # noqa: E402
+from retrieval.dsi import evaluation as dsi_eval  # noqa: E402
+from retrieval.dsi import dsi_tasks  # noqa: E402
+from retrieval.dsi import synthetic_queries as sq  # noqa: E402
+from retrieval.dsi import query_files  # noqa: E402
+from retrieval.dsi.docids import padded_vocab_size  # noqa: E402
+from rosetta import gin_utils  # noqa: E402
+from rosetta.run import run_dir  # noqa: E402
+from rosetta.model import encoder_decoder_model  # noqa: E402
+from rosetta.run import runs  # noqa: E402
+from rosetta.run.run_dir import RunDir  # noqa: E402
+from rosetta.run import files
 
 KINDS = ('atomic', 'naive', 'semantic')
 SYSTEMS = ('semantic+syn', 'atomic', 'semantic', 'atomic+syn', 'naive',
@@ -128,7 +129,7 @@ def parse_args(argv=None):
   p.add_argument('--lr', type=float, default=1e-3,
                  help='AdamW learning rate of every trained model (after '
                  'a 20-step warmup); 3e-3 left DSI at chance '
-                 '(docs/notes/generative_retrieval.md)')
+                 '(BUILD_NOTES.md, generative retrieval)')
   p.add_argument('--out', default='runs/generative_retrieval')
   p.add_argument('--timing', choices=['quick', 'full', 'skip'], default=None,
                  help='constrained_decoding.py table (default: quick with '
@@ -198,7 +199,7 @@ def train(gin_file: str, bindings: list[str], model_dir: str,
   gin.finalize()
   start = time.time()
   try:
-    runs.train(config_text=main.run_config_text())
+    runs.train(config_text=run_dir.run_config_text())
   finally:
     gin.clear_config()
   return time.time() - start
@@ -238,13 +239,13 @@ def dense_ranker(run, corpus):
 
 def restore_dsi(model_dir: str):
   """(setup, network, input length, step) of a finished DSI run."""
-  gin_utils.parse([os.path.join(model_dir, 'config.gin')], finalize=False)
+  run = RunDir(model_dir)
   try:
-    runs.task_setup()
+    run.parse_config()
     setup = dsi_tasks.last_setup(gin.query_parameter('train.task'))
     length = gin.query_parameter('train.task_feature_lengths')['inputs']
-    tr, state, step = runs._restore_for_inference(  # noqa: SLF001
-        model_dir, models.EncoderDecoderModel(), None)
+    tr, state, step = run.restore_for_inference(
+        encoder_decoder_model.EncoderDecoderModel(), None)
   finally:
     gin.clear_config()
   return setup, tr.network(state['params']), length, step
@@ -290,7 +291,7 @@ def synthetic(args, name: str, corpus, sp: str) -> str:
   records = sq.generate(gen, corpus, args.queries_per_doc, seed=0,
                         top_p=1.0, max_length=args.query_length,
                         batch_size=256)
-  path = sq.write_queries(os.path.join(args.out, f'{name}_synthetic.jsonl'),
+  path = query_files.write_queries(os.path.join(args.out, f'{name}_synthetic.jsonl'),
                           records)
   log(f'{name} query generator: {last_step(d)} steps in {secs:.0f} s; '
       f'{len(records)} queries in {time.time() - start:.0f} s -> {path}')
@@ -311,7 +312,7 @@ def dsi_system(args, name: str, kind: str, sp: str, emb: str | None,
               f'dsi_tasks.setup.mapping_path = "{d}/docids.json"',
               f'dsi_tasks.setup.k = {K}', f'dsi_tasks.setup.c = {C}',
               "train.task_feature_lengths = {'inputs': 64, 'targets': 8}",
-              'models.EncoderDecoderModel.max_decode_length = 8',
+              'encoder_decoder_model.EncoderDecoderModel.max_decode_length = 8',
               *model_bindings(args.dim, vocab)[1:]]
   if kind == 'semantic':
     bindings.append(f'dsi_tasks.setup.embeddings = "{emb}"')
@@ -411,10 +412,8 @@ _ALL: dict = {}
 def save(args, name, out):
   _ALL[name] = out
   path = os.path.join(args.out, 'results.json')
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump({'args': vars(args), 'results': _ALL}, f, indent=1)
-  os.replace(tmp, path)
+  files.atomic_write_json(path, {'args': vars(args), 'results': _ALL},
+                          indent=1)
 
 
 def main_(argv=None):
@@ -445,8 +444,7 @@ def main_(argv=None):
         f'{10 / 1400:.4f} on Cranfield; results in '
         f'{os.path.join(args.out, "results.json")})')
   if args.timing != 'skip':
-    sys.path.insert(0, HERE)
-    import constrained_decoding  # pylint: disable=g-import-not-at-top
+    from benchmarks import constrained_decoding  # pylint: disable=g-import-not-at-top
     log('constrained vs unconstrained beam search (random ids)')
     constrained_decoding.main(['--quick'] if args.timing == 'quick' else [])
 

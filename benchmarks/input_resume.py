@@ -3,13 +3,13 @@
 A resumed run must continue the exact stream. Replaying (rebuild the seeded
 dataset, skip the consumed batches) re-reads, re-tokenizes and re-packs
 every skipped example, so its cost grows with the step; the iterator state
-saved in every checkpoint (`rosetta/iterator_checkpoint.py`) restores in
+saved in every checkpoint (`rosetta/data/iterator_state.py`) restores in
 time independent of the step. For each depth this script consumes n
 batches of a gin experiment's training input, saves the iterator state,
 and times, in fresh pipelines, both ways to the first batch after n
 (checking that both give that same batch):
 
-    python benchmarks/input_resume.py --gin_file experiments/nmt_cpu_small.gin \\
+    python -m benchmarks.input_resume --gin_file experiments/nmt_cpu_small.gin \\
         --gin "nmt.setup.vocab_path='runs/vocab/spm.model'" \\
         --batches 250 1000 4000
 
@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
@@ -40,10 +38,12 @@ def parse_args(argv=None):
 
 def _pipeline_factory(args):
   import gin
-  from rosetta import data, gin_utils, partitioning, run_loading, runs
+  from rosetta import gin_utils, partitioning
+  from rosetta.data import pipeline
+  from rosetta.run import run_dir
   gin_utils.parse([args.gin_file], args.gin)
-  runs.task_setup()
-  model = run_loading.configured('train.model', args.gin_file)
+  run_dir.task_setup()
+  model = run_dir.configured('train.model', args.gin_file)
 
   def query(name, default):
     try:
@@ -59,7 +59,7 @@ def _pipeline_factory(args):
       pack=query('train.pack', True),
       feature_converter_cls=getattr(model, 'FEATURE_CONVERTER_CLS', None))
   task = gin.query_parameter('train.task')
-  return task, lambda **kw: data.InputPipeline(task, **kwargs, **kw)
+  return task, lambda **kw: pipeline.InputPipeline(task, **kwargs, **kw)
 
 
 def _first_batch(make, **kw):

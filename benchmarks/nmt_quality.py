@@ -39,10 +39,10 @@ sacreBLEU BLEU / chrF (translation.metrics). One table is printed
 (direction x budget, both systems, chrF ratio Rosetta/peer) and the results
 are written to `--output` (JSON, atomically).
 
-    python benchmarks/nmt_quality.py --quick          # ~5 min smoke test
-    python benchmarks/nmt_quality.py                  # 15/30/60/120 CPU min
-    python benchmarks/nmt_quality.py --budgets 5,10,20,40 --deadline 12:40
-    python benchmarks/nmt_quality.py --languages de,fr --budgets 5,10 \\
+    python -m benchmarks.nmt_quality --quick          # ~5 min smoke test
+    python -m benchmarks.nmt_quality                  # 15/30/60/120 CPU min
+    python -m benchmarks.nmt_quality --budgets 5,10,20,40 --deadline HH:MM
+    python -m benchmarks.nmt_quality --languages de,fr --budgets 5,10 \\
         --gin 'encoder_decoder.T5Config.num_encoder_layers = 4'
 
 Outside CI: it measures, it asserts nothing. The full default run trains
@@ -62,10 +62,9 @@ import time
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from cpu_budget import cpu_model, one_thread_xla_flags  # noqa: E402,F401
+from benchmarks.cpu_budget import cpu_model, one_thread_xla_flags  # noqa: E402,F401
+from rosetta.run import files
 
 SYSTEMS = ('rosetta', 'peer')
 LABEL = {'rosetta': 'Rosetta', 'peer': 'HF'}
@@ -145,7 +144,7 @@ def load_config(args):
   """The experiment's model, batch, lengths and learning rate (gin)."""
   import gin
   from rosetta import gin_utils
-  from rosetta.encoder_decoder import T5Config
+  from rosetta.model.encoder_decoder import T5Config
   gin_utils.parse([args.experiment], args.gin, finalize=False)
   q = gin.query_parameter
   optimizer = q('optimizers.make_optimizer.name')
@@ -165,7 +164,7 @@ def load_config(args):
 def eval_sets(languages, n):
   """{(corpus, 'src-tgt'): [(source, reference)]}, n hash-chosen pairs each
   (the files are sorted; a prefix would be biased)."""
-  from translation import sources
+  from rosetta.data import corpora as sources
   out = {}
   for lang in languages:
     for src, tgt in (('en', lang), (lang, 'en')):
@@ -183,11 +182,13 @@ class RosettaSystem:
 
   def __init__(self, cfg, setup, conf, args):
     import jax
-    import hf_t5_peer
-    from rosetta import data, models, optimizers, partitioning, trainer
+    from benchmarks import hf_t5_peer
+    from rosetta import optimizers, partitioning, trainer
+    from rosetta.data import pipeline
+    from rosetta.model import encoder_decoder_model
     sched = optimizers.learning_rate_schedule('constant', conf['lr'],
                                               conf['warmup'])
-    self.wrapper = models.EncoderDecoderModel(cfg, z_loss=0.0,
+    self.wrapper = encoder_decoder_model.EncoderDecoderModel(cfg, z_loss=0.0,
                                               label_smoothing=0.0)
     part = partitioning.Partitioner(partitioning.make_mesh(
         data=1, devices=jax.devices()[:1]))
@@ -198,7 +199,7 @@ class RosettaSystem:
             adafactor_clipping_threshold=1.0, adafactor_momentum=None),
         sched, seed=args.seed)
     self.state = self.trainer.init_state()
-    self.pipeline = data.InputPipeline(
+    self.pipeline = pipeline.InputPipeline(
         setup.mixture, split='train', task_feature_lengths=conf['lengths'],
         global_batch_size=conf['batch_size'], partitioner=part,
         seed=args.seed, feature_converter_cls=getattr(
@@ -211,7 +212,7 @@ class RosettaSystem:
 
   def initial_hf_weights(self) -> dict:
     import jax
-    from rosetta import checkpoint_import
+    from rosetta.checkpoint import hf as checkpoint_import
     return checkpoint_import.rosetta_to_hf(
         self.trainer.network(jax.device_get(self.state['params'])))
 
@@ -266,7 +267,7 @@ class PeerSystem:
     import multiprocessing
     import dataclasses
     import seqio
-    import hf_t5_peer
+    from benchmarks import hf_t5_peer
     ds = seqio.get_mixture_or_task(setup.mixture).get_dataset(
         conf['lengths'], split='train', shuffle=True, seed=args.seed,
         num_epochs=None)
@@ -494,20 +495,14 @@ def table(rows, snaps, systems) -> str:
 
 
 def write_json(path, payload):
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump(payload, f, indent=1, ensure_ascii=False)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  files.atomic_write_json(path, payload, indent=1, ensure_ascii=False)
 
 
 def main(argv=None) -> int:
   args = parse_args(argv)
   started = time.time()
   if args.pin:   # before JAX starts: one core, one XLA thread
-    import hf_t5_peer
+    from benchmarks import hf_t5_peer
     hf_t5_peer.pin(args.rosetta_core)
     os.environ['XLA_FLAGS'] = one_thread_xla_flags(
         os.environ.get('XLA_FLAGS', ''))
@@ -515,7 +510,8 @@ def main(argv=None) -> int:
   def log(msg):
     print(f'[{time.time() - started:6.0f}s] {msg}', flush=True)
 
-  from translation import nmt, sources
+  from translation import nmt
+  from rosetta.data import corpora as sources
   if not (sources.available('tatoeba') and sources.available('flores')):
     raise SystemExit('needs tatoeba_v2021 and flores200_devtest under '
                      '$ROSETTA_DATA_DIR (default ../shared/data)')

@@ -9,8 +9,8 @@ import os
 import re
 import time
 
-import retrieval_peer  # benchmarks/retrieval_peer.py (the script's folder)
-from retrieval_peer import write_json
+from benchmarks import retrieval_peer  # benchmarks/retrieval_peer.py (the script's folder)
+from benchmarks.retrieval_peer import write_json
 
 FLORES_DEFAULT = ('deu_Latn', 'fra_Latn', 'rus_Cyrl', 'zho_Hans', 'arb_Arab',
                   'hin_Deva')
@@ -43,7 +43,7 @@ FUSION_STEP = 0.05          # the CombSUM weight grid
 def eval_sets(args) -> dict:
   """{name: (family, RetrievalSet, query-bank texts, corpus language)}."""
   from retrieval import datasets
-  from translation import sources
+  from rosetta.data import corpora as sources
   flores = (datasets.flores_languages() if args.full
             else FLORES_QUICK if args.quick else FLORES_DEFAULT)
   flores = [l for l in flores if l != datasets.FLORES_PIVOT]
@@ -77,10 +77,10 @@ def gallery_bank(lang: str) -> tuple[str, ...]:
   """Up to GALLERY_SIZE LASER-Tatoeba sentences in `lang` (DBNorm's gallery:
   text in the corpus language that is in no corpus here); 'pool' or a
   language LASER lacks: an even mix of the XQuAD languages."""
-  from rosetta import data
+  from rosetta.data import corpora
   from retrieval import datasets
-  from translation import sources
-  root = os.path.join(data.data_dir(), 'laser_tatoeba', 'data', 'tatoeba',
+  from rosetta.data import corpora as sources
+  root = os.path.join(corpora.data_dir(), 'laser_tatoeba', 'data', 'tatoeba',
                       'v1')
 
   def read(code2, n):
@@ -130,16 +130,17 @@ def rosetta_system(run_dir: str, max_length: int, batch_size: int):
   import gin
   import jax
   import seqio
-  from rosetta import gin_utils, partitioning, runs
-  from retrieval import dual_encoder_model as dem
+  from rosetta import gin_utils, partitioning
+  from rosetta.run.run_dir import RunDir
+  from retrieval.dense import dual_encoder_model as dem
   gin.clear_config()
-  gin_utils.parse([os.path.join(run_dir, 'config.gin')], finalize=False)
+  run = RunDir(run_dir)
+  gin_utils.parse([run.require().config_path], finalize=False)
   model = dem.DualEncoderModel()
   vocab = seqio.SentencePieceVocabulary(
       gin.query_parameter('pair_tasks.setup.vocabulary'))
   mesh = partitioning.make_mesh(data=1, devices=jax.devices()[:1])
-  _, state, step = runs._restore_for_inference(  # pylint: disable=protected-access
-      run_dir, model, mesh)
+  _, state, step = run.restore_for_inference(model, mesh)
   fns = {t: dem.make_encode_fn(model, state, vocab, max_length, batch_size,
                                mesh, t) for t in ('query', 'doc')}
   return DenseSystem('rosetta', fns), step
@@ -152,7 +153,7 @@ def st_system(model_dir: str, max_length: int, batch_size: int,
 
 
 def correction_for(kind, corpus, qbank, gbank, beta):
-  from retrieval import hubness
+  from retrieval.search import hubness
   if kind == 'csls':
     return hubness.csls(corpus, qbank, k=10)
   if kind == 'inverted_softmax':
@@ -161,7 +162,8 @@ def correction_for(kind, corpus, qbank, gbank, beta):
 
 
 def _dense_search(sysm, rs, split, k, correction=None):
-  from retrieval import passages, search
+  from retrieval.search import passages
+  from retrieval.search import exact as search
   q = sysm.embed(rs.queries, 'query')
   corpus = search.shard_corpus(sysm.embed(
       split.texts if split is not None else rs.docs, 'doc'))
@@ -171,7 +173,7 @@ def _dense_search(sysm, rs, split, k, correction=None):
 
 
 def _scored_run(res, rs, prefix=''):
-  from retrieval import ir_metrics
+  from retrieval.search import ir_metrics
   return ir_metrics.run_from_topk(res.indices, [prefix + q for q in
                                                 rs.query_ids], rs.doc_ids,
                                   scores=res.scores)
@@ -181,12 +183,15 @@ def tune_fusion(systems: dict, sets: dict, out_dir: str, log,
                 passage_vocab=None, passage_tokens: int | None = None,
                 step: float = FUSION_STEP) -> dict:
   """{dense key: (BM25 weight, dense weight)} for min-max CombSUM, tuned
-  (MRR@10, `retrieval.fusion.tune_weights`) on the TRAINING questions of
+  (MRR@10, `retrieval.search.fusion.tune_weights`) on the TRAINING questions of
   the XQuAD same-language sets being evaluated, all languages pooled; the
   weights then serve every set. Writes fusion_weights.json. (The dense
   systems trained on those questions, so the weights lean their way; the
   benchmark has no development split yet.)"""
-  from retrieval import bm25, datasets, fusion, passages
+  from retrieval import datasets
+  from retrieval.search import bm25
+  from retrieval.search import fusion
+  from retrieval.search import passages
   langs = [rs_lang for _, (fam, _, _, rs_lang) in sets.items()
            if fam == 'xquad_same']
   dense = [k for k in systems if k in FUSED and systems[k] is not None]
@@ -227,7 +232,7 @@ def evaluate_all(systems: dict, sets: dict, out_dir: str, beta: float, log,
 
   passage_vocab / passage_tokens: dense systems index every window of
   `passage_tokens` SentencePiece pieces of a document (stride half of it)
-  and score a document by its best window (`retrieval.passages`, MaxP);
+  and score a document by its best window (`retrieval.search.passages`, MaxP);
   each dense system then also gets a row indexing only each document's
   first window, as encoding a whole document at the trained length does
   (label + FIRST_WINDOW). None: documents are encoded whole (truncated).
@@ -236,7 +241,12 @@ def evaluate_all(systems: dict, sets: dict, out_dir: str, beta: float, log,
   system's uncorrected run fused by RRF (k=60, untuned) and by min-max
   CombSUM with weights from `tune_fusion` (training questions)."""
   import logging
-  from retrieval import bm25, fusion, hubness, ir_metrics, passages, search
+  from retrieval.search import bm25
+  from retrieval.search import fusion
+  from retrieval.search import hubness
+  from retrieval.search import ir_metrics
+  from retrieval.search import passages
+  from retrieval.search import exact as search
   logging.getLogger('bm25s').setLevel(logging.WARNING)
   metrics, skew = {}, {}
   weights = tune_fusion(systems, sets, out_dir, log, passage_vocab,
@@ -325,8 +335,7 @@ def markdown_table(summary: dict) -> str:
 
 def recall_curves(summary: dict, out_dir: str) -> dict:
   """recall_<family>.json ({system: {k: recall}}) + PNG per family."""
-  from rosetta import main as rosetta_main
-  plots = rosetta_main._plots_module()  # pylint: disable=protected-access
+  from rosetta.run import plots
   files = {}
   for fam in FAMILIES:
     curves = {label: {str(k): per[fam][f'Recall@{k}'] for k in KS

@@ -6,7 +6,7 @@ mean Pooling and Normalize), the same SentencePiece vocabulary as a
 library's MultipleNegativesRankingLoss. Run as a child process by the
 benchmark:
 
-    python benchmarks/retrieval_peer.py CONFIG.json   # written by it
+    python -m benchmarks.retrieval_peer CONFIG.json   # written by it
 """
 
 from __future__ import annotations
@@ -16,15 +16,14 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hf_t5_peer import BudgetClock  # noqa: E402  (numpy only)
+from benchmarks.hf_t5_peer import BudgetClock  # noqa: E402  (numpy only)
 
 
 def write_json(path: str, payload) -> None:
-  from retrieval.indexing import atomic_write
+  from rosetta.run import files
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   text = json.dumps(payload, indent=1, ensure_ascii=False)
-  atomic_write(path, lambda f: f.write(text.encode('utf-8')))
+  files.atomic_write_text(path, text)
 
 
 def build_hf_tokenizer(spm_path: str, out_dir: str):
@@ -61,7 +60,7 @@ def build_init(t5_config, out_dir: str, seed: int) -> int:
   (Rosetta loads it with `train.init_from_hf`)."""
   import torch
   import transformers
-  from rosetta.checkpoint_import import config_to_hf
+  from rosetta.checkpoint.hf import config_to_hf
   hf = config_to_hf(t5_config)
   hf['architectures'] = ['T5EncoderModel']
   torch.manual_seed(seed)

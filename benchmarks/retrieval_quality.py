@@ -2,16 +2,16 @@
 peer of the same architecture; each dense system with and without hubness
 correction.
 
-    python benchmarks/retrieval_quality.py --quick       # ~10 min end to end
-    python benchmarks/retrieval_quality.py               # 20 CPU min each
-    python benchmarks/retrieval_quality.py --budget-minutes 10 --full \\
+    python -m benchmarks.retrieval_quality --quick       # ~10 min end to end
+    python -m benchmarks.retrieval_quality               # 20 CPU min each
+    python -m benchmarks.retrieval_quality --budget-minutes 10 --full \\
         --out runs/retrieval_quality_full
 
 What is compared (the gin file, default
 gin/retrieval/dual_encoder_small_cpu.gin, is the single source of both
 systems' hyperparameters; `--gin.KEY=VALUE` overrides apply to both):
 
-  data        the pair mixture of retrieval.pair_tasks.setup: Tatoeba
+  data        the pair mixture of retrieval.dense.pair_tasks.setup: Tatoeba
               translation pairs (English -> each language, the NMT hash
               split's train side) and the XQuAD training questions
               (xquad_split == 'train') -> their paragraph in the same language
@@ -49,16 +49,16 @@ systems' hyperparameters; `--gin.KEY=VALUE` overrides apply to both):
               steps (collate and tokenisation included), checked every step.
               Both report the CPU and wall seconds their loop used.
 
-Rosetta trains through the real trainer (`python -m rosetta.main train`
+Rosetta trains through the real trainer (`python -m rosetta train`
 with the gin file); the peer in a child process too
 (benchmarks/retrieval_peer.py: sentence-transformers' own model, collate,
 loss and fit-loop steps; the library's `SentenceTransformerTrainer` needs
 the `datasets` and `accelerate` packages, which are not installed here).
 
 Evaluation (benchmarks/retrieval_eval.py, on retrieval.datasets), every
-set searched with Rosetta's exact search (retrieval.search) for both dense
+set searched with Rosetta's exact search (retrieval.search.exact) for both dense
 systems, plus CSLS (k=10), inverted softmax and DBNorm (beta =
-1/temperature) from retrieval.hubness:
+1/temperature) from retrieval.search.hubness:
 
   FLORES-200  bitext mining, accuracy (= Hits@1) both directions against
               English; a handful of languages (all 29 with --full)
@@ -70,7 +70,7 @@ systems, plus CSLS (k=10), inverted softmax and DBNorm (beta =
 Long documents (an XQuAD paragraph is a median ~290 pieces, a Cranfield
 abstract ~380, the encoders read 96): each dense system indexes every
 window of the positives length (stride half of it) and scores a document
-by its best window (retrieval.passages, MaxP); a '(first window only)' row
+by its best window (retrieval.search.passages, MaxP); a '(first window only)' row
 per system shows what encoding each document once, truncated, gives
 (`--no-passages`: that alone). Training positives of XQuAD are the windows
 holding the answers (`pair_tasks.setup.xquad_passage_tokens` in the gin
@@ -80,7 +80,7 @@ Hubness banks: the query bank is the query set itself for FLORES (as in
 mining) and Cranfield, the TRAINING questions of the same language for
 XQuAD; DBNorm's gallery bank is up to 500 LASER-Tatoeba sentences in the
 corpus language (never a corpus of any evaluation here). Metrics by
-pytrec_eval (retrieval.ir_metrics): MRR@10, nDCG@10, Recall@k, Hits@k.
+pytrec_eval (retrieval.search.ir_metrics): MRR@10, nDCG@10, Recall@k, Hits@k.
 
 Outputs under `--out`: `trec/<system>/<set>.trec` (TREC run files for every
 evaluation), `qrels/<set>.qrels`, `retrieval_quality.json` (everything,
@@ -103,13 +103,13 @@ import subprocess
 import sys
 import time
 
-import retrieval_peer  # benchmarks/retrieval_peer.py (the script's folder)
-from retrieval_eval import (DENSE_LABEL, eval_sets, evaluate_all,
+from benchmarks import retrieval_peer  # benchmarks/retrieval_peer.py (the script's folder)
+from benchmarks.retrieval_eval import (DENSE_LABEL, eval_sets, evaluate_all,
                             markdown_table, recall_curves, rosetta_system,
                             st_system, summarise)
-from retrieval_peer import write_json
-from cpu_budget import cpu_model, one_thread_xla_flags
-import hf_t5_peer  # benchmarks/hf_t5_peer.py: pin (numpy only)
+from benchmarks.retrieval_peer import write_json
+from benchmarks.cpu_budget import cpu_model, one_thread_xla_flags
+from benchmarks import hf_t5_peer  # benchmarks/hf_t5_peer.py: pin (numpy only)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The repository root is NOT put on sys.path (the editable install finds
@@ -157,7 +157,7 @@ def parse_args(argv):
                  help='dense systems encode each document once, truncated '
                  'to the positives length (default: every window of that '
                  'length, a document scored by its best; '
-                 'retrieval.passages)')
+                 'retrieval.search.passages)')
   p.add_argument('--vocab-size', type=int, default=8000)
   p.add_argument('--eval-batch-size', type=int, default=64)
   p.add_argument('--seed', type=int, default=0)
@@ -169,7 +169,11 @@ def parse_args(argv):
 
 
 def thread_env(threads: int) -> dict:
+  # PYTHONPATH: the peer child runs as `-m benchmarks.retrieval_peer` from
+  # the output directory.
   env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3',
+             PYTHONPATH=os.pathsep.join(
+                 p for p in (REPO, os.environ.get('PYTHONPATH')) if p),
              OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
              TOKENIZERS_PARALLELISM='false')
   if threads == 1:
@@ -184,8 +188,8 @@ def read_config(gin_file: str, bindings, vocab_path: str) -> dict:
   """Both systems' hyperparameters, from the gin file (+ bindings)."""
   import gin
   from rosetta import gin_utils
-  from rosetta.encoder_decoder import T5Config
-  from retrieval import dual_encoder_model as dem
+  from rosetta.model.encoder_decoder import T5Config
+  from retrieval.dense import dual_encoder_model as dem
   gin.clear_config()
   gin_utils.parse([gin_file], bindings=list(bindings) + [
       f"pair_tasks.setup.vocabulary = '{vocab_path}'"], finalize=False)
@@ -236,7 +240,7 @@ def read_config(gin_file: str, bindings, vocab_path: str) -> dict:
 
 
 def _sentences(text: str) -> list[str]:   # ict's, cut to SPM's length cap
-  from retrieval import ict
+  from retrieval.dense import ict
   out = []
   for s in (text[b:e] for b, e in ict.sentence_spans(text)):
     while len(s) > 1000:                      # SentencePiece's length cap
@@ -251,8 +255,8 @@ def _sentences(text: str) -> list[str]:   # ict's, cut to SPM's length cap
 
 def training_texts(conf) -> dict[str, list[str]]:
   """The training text by language (what the vocabulary is trained on)."""
-  from translation import sources
-  from retrieval import pair_tasks
+  from rosetta.data import corpora as sources
+  from retrieval.dense import pair_tasks
   texts: dict[str, list[str]] = {}
   for lang in conf['tatoeba_languages']:
     code = sources.language(lang).code
@@ -295,7 +299,7 @@ def st_training_data(conf, path: str, seed: int, size: int = 50_000) -> dict:
   Rosetta mixture's rates; JSON lines {q, p, n}."""
   import numpy as np
   import seqio
-  from rosetta import runs
+  from rosetta.run import runs
   runs.task_setup()            # registers the gin-bound tasks and mixture
   mix = seqio.get_mixture_or_task(conf['mixture'])
   tasks = list(mix.tasks)
@@ -321,7 +325,7 @@ def st_training_data(conf, path: str, seed: int, size: int = 50_000) -> dict:
 
 def rosetta_command(args, run_dir: str, vocab_path: str, init_dir: str,
                     budget_s: float) -> list[str]:
-  cmd = [sys.executable, '-m', 'rosetta.main', 'train',
+  cmd = [sys.executable, '-m', 'rosetta', 'train',
          f'--gin_file={args.gin_file}',
          f"--gin.train.model_dir='{run_dir}'",
          f"--gin.pair_tasks.setup.vocabulary='{vocab_path}'",
@@ -491,8 +495,7 @@ def main(argv=None) -> int:
           temperature=conf['temperature'],
           bidirectional=conf['bidirectional'],
           num_negatives=conf['num_negatives']))
-      cmd = [sys.executable, os.path.abspath(retrieval_peer.__file__),
-             cfg_path]
+      cmd = [sys.executable, '-m', 'benchmarks.retrieval_peer', cfg_path]
     children[key] = [cmd, os.path.join(out, 'logs', f'{key}_train.log'),
                      env, None]
   cores = sorted(os.sched_getaffinity(0))

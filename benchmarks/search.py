@@ -1,4 +1,4 @@
-"""Exact search speed: Rosetta (`retrieval.search`) vs faiss-cpu `IndexFlatIP`.
+"""Exact search speed: Rosetta (`retrieval.search.exact`) vs faiss-cpu `IndexFlatIP`.
 
 Both search the same corpus of random normal, L2-normalised float32 vectors
 (fixed seed) for the same queries, exact maximum inner product, top-k, on
@@ -31,9 +31,9 @@ always searches float32. Reported per system:
   of `--memory-queries` queries (the first compiles) and what stays
   resident after them (compiled code, buffers kept by the allocator).
 
-    python benchmarks/search.py --quick          # 100k docs, ~1 min
-    python benchmarks/search.py                  # 1M x 256, 1,024 queries, k=100
-    python benchmarks/search.py --dtype bfloat16 --repeats 5 --no-memory
+    python -m benchmarks.search --quick          # 100k docs, ~1 min
+    python -m benchmarks.search                  # 1M x 256, 1,024 queries, k=100
+    python -m benchmarks.search --dtype bfloat16 --repeats 5 --no-memory
 
 Prints Markdown tables. It measures, it does not assert; the numbers depend
 on the machine and on whatever else runs on it (the load average is printed
@@ -52,7 +52,6 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 DTYPES = ('float32', 'bfloat16')
 
@@ -76,7 +75,7 @@ def parse_args(argv=None):
   p.add_argument('--verified', action=argparse.BooleanOptionalAction,
                  default=True,
                  help='also time exact float32 search through verified '
-                      'bfloat16 candidates (retrieval/verified_search.py)')
+                      'bfloat16 candidates (retrieval/search/verified.py)')
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--quick', action='store_true',
                  help='100k documents (other sizes unchanged)')
@@ -143,7 +142,7 @@ def memory_child(args) -> dict:
     import faiss  # pylint: disable=import-outside-toplevel
   else:
     import jax  # pylint: disable=import-outside-toplevel
-    from retrieval import search  # pylint: disable=import-outside-toplevel
+    from retrieval.search import exact as search  # pylint: disable=import-outside-toplevel
     jax.devices()                        # the backend starts before `base`
   corpus, queries = make_data(args)
   queries = queries[:args.memory_queries]
@@ -178,13 +177,14 @@ def memory_child(args) -> dict:
 
 
 def measure_memory(args, system: str) -> dict:
-  cmd = [sys.executable, os.path.abspath(__file__), '--memory-child', system,
+  cmd = [sys.executable, '-m', 'benchmarks.search', '--memory-child', system,
          '--n-docs', str(args.n_docs), '--dim', str(args.dim), '--queries',
          str(args.queries), '--k', str(args.k), '--seed', str(args.seed),
          '--memory-queries', str(args.memory_queries)]
   if args.batch_size is not None:
     cmd += ['--batch-size', str(args.batch_size)]
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', PYTHONPATH=repo)
   out = subprocess.run(cmd, capture_output=True, text=True, env=env,
                        check=False)
   if out.returncode != 0:
@@ -195,7 +195,7 @@ def measure_memory(args, system: str) -> dict:
 def xla_temp_bytes(search, corpus, k: int, batch_size: int | None,
                    n_queries: int):
   """Temporary buffers of one compiled search call (XLA's memory analysis),
-  or None where this version of `retrieval.search` does not expose it."""
+  or None where this version of `retrieval.search.exact` does not expose it."""
   try:
     import jax  # pylint: disable=import-outside-toplevel
     rows = corpus.rows_per_shard
@@ -203,7 +203,7 @@ def xla_temp_bytes(search, corpus, k: int, batch_size: int | None,
                 batch_size or search.search.__kwdefaults__['batch_size'])
     blocks, block = search.scan_plan(rows, batch, min(k, rows),
                                      dim=corpus.dim)
-    fn = search._search_fn(  # pylint: disable=protected-access
+    fn = search.compiled_search_fn(
         corpus.mesh, corpus.corpus_axes, corpus.query_axes, rows,
         corpus.n_docs, k, 0, False, blocks, block)
     spec = jax.ShapeDtypeStruct
@@ -236,8 +236,8 @@ def main(argv=None):
     return
   import faiss  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
-  from compile_clock import first_call  # pylint: disable=import-outside-toplevel
-  from retrieval import search  # pylint: disable=import-outside-toplevel
+  from benchmarks.compile_clock import first_call  # pylint: disable=import-outside-toplevel
+  from retrieval.search import exact as search  # pylint: disable=import-outside-toplevel
 
   print(f'jax {jax.__version__} on {jax.devices()[0].platform} '
         f'({os.cpu_count()} CPUs), faiss {faiss.__version__} with '
@@ -292,7 +292,7 @@ def main(argv=None):
           f'(compile {systems[name]["compile"]:.1f}s)', flush=True)
 
   if args.verified:
-    from retrieval import verified_search  # pylint: disable=import-outside-toplevel
+    from retrieval.search import verified as verified_search  # pylint: disable=import-outside-toplevel
     name = 'rosetta float32, verified bf16 candidates'
     t = time.perf_counter()
     vcorpus = verified_search.VerifiedCorpus.build(

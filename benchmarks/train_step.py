@@ -26,14 +26,14 @@ with N_params = every parameter (embedding table included) and target
 tokens = batch * target length. An analytic count of the real matmul FLOPs
 (no embedding lookup, attention scores included) is printed alongside.
 
-    python benchmarks/train_step.py --quick      # tiny model, sanity check
-    python benchmarks/train_step.py              # the 'small' comparison
-    python benchmarks/train_step.py --steps 10 --warmup 3 --batch 8
-    python benchmarks/train_step.py --systems hf f32 --order sequential
-    python benchmarks/train_step.py --loss-chunk-length 32   # chunked loss
+    python -m benchmarks.train_step --quick      # tiny model, sanity check
+    python -m benchmarks.train_step              # the 'small' comparison
+    python -m benchmarks.train_step --steps 10 --warmup 3 --batch 8
+    python -m benchmarks.train_step --systems hf f32 --order sequential
+    python -m benchmarks.train_step --loss-chunk-length 32   # chunked loss
     # nmt_quality's model at one thread each, on one core:
     XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
-      taskset -c 1 python benchmarks/train_step.py --model nmt_small \
+      taskset -c 1 python -m benchmarks.train_step --model nmt_small \
       --batch 16 --length 48 --threads 1 --systems hf f32
 
 It measures, it does not assert; the numbers depend on the machine and on
@@ -52,20 +52,18 @@ import argparse
 import datetime
 import os
 import statistics
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rosetta import models, optimizers, partitioning, trainer  # noqa: E402
+from rosetta import optimizers, partitioning, trainer  # noqa: E402
+from rosetta.model import encoder_decoder_model  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cpu_budget import cpu_model  # noqa: E402
-from rosetta.encoder_decoder import T5Config  # noqa: E402
+from benchmarks.cpu_budget import cpu_model  # noqa: E402
+from rosetta.model.encoder_decoder import T5Config  # noqa: E402
 
 # Architecture in HF names; Rosetta's T5Config is built from the same dict.
 SIZES = {
@@ -241,7 +239,7 @@ class RosettaSystem:
     sched = optimizers.learning_rate_schedule('constant', args.lr, 0)
     mesh = partitioning.make_mesh(data=1, devices=jax.devices()[:1])
     self.trainer = trainer.Trainer(
-        models.EncoderDecoderModel(
+        encoder_decoder_model.EncoderDecoderModel(
             cfg, z_loss=0.0, loss_chunk_length=args.loss_chunk_length),
         partitioning.Partitioner(mesh),
         optimizers.make_optimizer('adamw', sched, b1=0.9, b2=0.999,

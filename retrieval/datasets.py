@@ -3,7 +3,7 @@
 Every loader returns a `RetrievalSet`: parallel tuples of query ids / texts
 and document ids / texts, plus TREC-style qrels ``{qid: {doc_id: grade}}``
 (grade >= 1 relevant, 0 judged non-relevant). Files come from
-`rosetta.data.data_dir()` (`$ROSETTA_DATA_DIR`, else ../shared/data).
+`rosetta.data.pipeline.data_dir()` (`$ROSETTA_DATA_DIR`, else ../shared/data).
 
   FLORES   `flores_mining('deu_Latn')`: 1,012 German sentences as queries
            against the 1,012 English ones; line i matches line i.
@@ -47,7 +47,8 @@ import json
 import os
 import re
 
-from rosetta import data
+from rosetta.data import corpora
+from rosetta.data import text_pairs
 
 XQUAD_LANGUAGES = ('ar', 'de', 'el', 'en', 'es', 'hi', 'ro', 'ru', 'th',
                    'tr', 'vi', 'zh')
@@ -78,17 +79,16 @@ class RetrievalSet:
 
 
 def data_root() -> str:
-  return data.data_dir()
+  return corpora.data_dir()
 
 
 def _lines(path: str) -> list[str]:
-  """Decoded lines split on '\\n' only (see rosetta.data._read_lines)."""
+  """Decoded lines split on '\\n' only (see rosetta.data.pipeline._read_lines)."""
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path}: no such file (data directory: '
                             f'{data_root()}; set ROSETTA_DATA_DIR)')
-  # pylint: disable=protected-access
-  return [data._decode(path, i + 1, raw)
-          for i, raw in enumerate(data._read_lines(path))]
+  return [text_pairs.decode_line(path, i + 1, raw)
+          for i, raw in enumerate(text_pairs.read_lines(path))]
 
 
 # ---------------------------------------------------------------- FLORES ---

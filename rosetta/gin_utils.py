@@ -2,7 +2,7 @@
 
 Files are layered (t5x style): `gin/architectures/*` (what the network is),
 `gin/models/*` (sizes, including an architecture), then runs and experiments.
-Includes are resolved against the repository's `gin/` folder and the current
+Includes are resolved against the gin folder (`GIN_DIR`) and the current
 directory, so `include 'models/t5_1_1_small.gin'` works from anywhere.
 """
 
@@ -17,8 +17,16 @@ import gin
 from gin import config as gin_config
 from gin import resource_reader
 
-GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(
+# An installed wheel carries the gin files as rosetta/configs (setup.py); a
+# source checkout has them in gin/ beside the package. The wheel's folder
+# is looked for first: beside an installed `rosetta` sits the `gin`
+# package of gin-config, not ours.
+_PACKAGED_GIN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                 'configs')
+_CHECKOUT_GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), 'gin')
+GIN_DIR = (_PACKAGED_GIN_DIR if os.path.isdir(_PACKAGED_GIN_DIR)
+           else _CHECKOUT_GIN_DIR)
 
 
 def _system_path_file_exists(path: str) -> bool:
@@ -56,11 +64,11 @@ def parse(files: Sequence[str] = (), bindings: Sequence[str] = (),
   matching 'T5Config.emb_dimm'"); a missing file names the file.
   """
   # Register every core configurable, so a typo in any of them is caught.
-  import rosetta.encoder_decoder  # noqa: F401
-  import rosetta.models  # noqa: F401
+  import rosetta.model.encoder_decoder  # noqa: F401
+  import rosetta.model.encoder_decoder_model  # noqa: F401
   import rosetta.optimizers  # noqa: F401
   import rosetta.partitioning  # noqa: F401
-  import rosetta.run_logging  # noqa: F401
+  import rosetta.run.progress  # noqa: F401
   gin.clear_config()
   gin.add_config_file_search_path(GIN_DIR)
   with _quiet_include_probing():

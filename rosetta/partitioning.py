@@ -302,6 +302,16 @@ class Partitioner:
     return activate(self.mesh, self.rules)
 
 
+def as_partitioner(p: Partitioner | Mesh) -> Partitioner:
+  """A Partitioner from a Partitioner or a bare Mesh (default rules)."""
+  if isinstance(p, Partitioner):
+    return p
+  if isinstance(p, jax.sharding.Mesh):
+    return Partitioner(p)
+  raise TypeError(f'partitioner: expected a Partitioner or a Mesh, got '
+                  f'{type(p).__name__}')
+
+
 def describe_shardings(state: nnx.State) -> dict[str, Any]:
   """{'path/to/param': str(PartitionSpec)} for a concrete, placed state."""
   out = {}

@@ -4,7 +4,9 @@ data (Cranfield graded nDCG, XQuAD recall, character bigrams for zh/th)."""
 import numpy as np
 import pytest
 
-from retrieval import bm25, datasets, ir_metrics
+from retrieval import datasets
+from retrieval.search import bm25
+from retrieval.search import ir_metrics
 
 needs = {name: pytest.mark.skipif(not datasets.available(name),
                                   reason=f'no {name} under '

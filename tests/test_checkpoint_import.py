@@ -10,8 +10,8 @@ import pytest
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
-from rosetta import checkpoint_import
-from rosetta.encoder_decoder import EncoderDecoder, T5Config
+from rosetta.checkpoint import hf as checkpoint_import
+from rosetta.model.encoder_decoder import EncoderDecoder, T5Config
 
 CFG = T5Config(vocab_size=64, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=32,
                num_encoder_layers=1, num_decoder_layers=2, dropout_rate=0.0)

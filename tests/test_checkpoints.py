@@ -1,4 +1,4 @@
-"""rosetta.checkpoints on 8 simulated CPU devices, with real orbax on disk."""
+"""rosetta.checkpoint.manager on 8 simulated CPU devices, with real orbax on disk."""
 
 import glob
 import logging
@@ -20,10 +20,9 @@ import pytest
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from rosetta import checkpoints
-from rosetta.checkpoints import (Checkpointer, CheckpointFallbackWarning,
-                                 CheckpointRestoreError, PreemptionGuard,
-                                 write_run_config)
+from rosetta.checkpoint import manager as checkpoints
+from rosetta.checkpoint.manager import (Checkpointer, CheckpointFallbackWarning,
+                                 CheckpointRestoreError, PreemptionGuard)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = {'batches_consumed': 12, 'seed': 0}
@@ -226,13 +225,13 @@ def test_corrupt_newest_falls_back_to_previous(tmp_path, mesh_data8, caplog,
   corrupt(str(tmp_path / '3'))
 
   ckpt = Checkpointer(tmp_path, save_interval_steps=1)
-  with caplog.at_level(logging.WARNING, logger='rosetta.checkpoints'), \
+  with caplog.at_level(logging.WARNING, logger='rosetta.checkpoint.manager'), \
       pytest.warns(CheckpointFallbackWarning, match='step 3'):
     step, restored, data_state = ckpt.restore(target)
   assert step == 2 and data_state['batches_consumed'] == 2
   _assert_trees_equal(restored, jax.device_get(state))
   warned = [r.getMessage() for r in caplog.records
-            if r.levelno == logging.WARNING and r.name == 'rosetta.checkpoints']
+            if r.levelno == logging.WARNING and r.name == 'rosetta.checkpoint.manager']
   assert any('checkpoint step 3' in m and str(tmp_path) in m and
              'Error' in m for m in warned), warned
 
@@ -281,7 +280,7 @@ def test_uncommitted_tmp_dir_is_ignored_then_removed(tmp_path, mesh_data8,
   assert reader.restore(target)[0] == 2
   assert leftover.exists()                      # read_only touches nothing
 
-  with caplog.at_level(logging.WARNING, logger='rosetta.checkpoints'):
+  with caplog.at_level(logging.WARNING, logger='rosetta.checkpoint.manager'):
     ckpt = Checkpointer(tmp_path, save_interval_steps=1)
   assert any('uncommitted' in r.getMessage() and leftover.name in
              r.getMessage() for r in caplog.records)
@@ -304,7 +303,8 @@ _TRAINER = textwrap.dedent('''
       jax.distributed.initialize(coordinator_address=f'127.0.0.1:{port}',
                                  num_processes=2, process_id=process_id)
     from jax.sharding import NamedSharding, PartitionSpec as P
-    from rosetta import checkpoints, partitioning
+    from rosetta import partitioning
+    from rosetta.checkpoint import manager as checkpoints
 
     mesh = partitioning.make_mesh(data=8)
     w = jax.make_array_from_callback(
@@ -440,39 +440,3 @@ def test_second_sigint_interrupts():
   assert signal.getsignal(signal.SIGINT) is before
 
 
-# ------------------------------------------------------------ run config ---
-
-
-def test_write_run_config(tmp_path, caplog):
-  path = write_run_config(tmp_path, 'a = 1\n')
-  assert path.read_text() == 'a = 1\n'
-  mtime = os.stat(path).st_mtime_ns
-  write_run_config(tmp_path, 'a = 1\n')         # same content: no-op
-  assert os.stat(path).st_mtime_ns == mtime
-
-  with pytest.raises(FileExistsError) as err:
-    write_run_config(tmp_path, 'a = 2\n')
-  assert str(path) in str(err.value)
-  assert str(tmp_path / 'config.gin.new') in str(err.value)
-  assert '-a = 1' in str(err.value) and '+a = 2' in str(err.value)
-  assert path.read_text() == 'a = 1\n'          # untouched
-  assert (tmp_path / 'config.gin.new').read_text() == 'a = 2\n'
-
-  with caplog.at_level(logging.WARNING, logger='rosetta.checkpoints'):
-    write_run_config(tmp_path, 'a = 2\n', allow_change=True)
-  assert path.read_text() == 'a = 2\n'
-  backups = glob.glob(str(tmp_path / 'config.gin.2*'))
-  assert len(backups) == 1 and open(backups[0]).read() == 'a = 1\n'
-  assert any(backups[0] in r.getMessage() for r in caplog.records)
-  # Atomic writes leave no temp files behind.
-  assert sorted(os.listdir(tmp_path)) == sorted(
-      ['config.gin', 'config.gin.new', os.path.basename(backups[0])])
-
-
-def test_run_config_beside_checkpoints(tmp_path, mesh_data8):
-  write_run_config(tmp_path, 'a = 1\n')
-  state = _train_state(mesh_data8)
-  _save_steps(tmp_path, state, [1])
-  ckpt = Checkpointer(tmp_path, save_interval_steps=1)
-  assert ckpt.all_steps() == [1]
-  assert ckpt.restore(checkpoints.abstract_target(state))[0] == 1

@@ -1,4 +1,4 @@
-"""Chunked output projection + cross entropy (`rosetta.chunked_loss`)
+"""Chunked output projection + cross entropy (`rosetta.model.chunked_loss`)
 against the whole-logits path: same losses, metrics and gradients."""
 
 import jax
@@ -7,9 +7,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rosetta import chunked_loss, layers, losses, models, optimizers
+from rosetta import optimizers
+from rosetta.model import chunked_loss
+from rosetta.model import layers
+from rosetta.model import losses
+from rosetta.model import encoder_decoder_model
 from rosetta import partitioning, trainer
-from rosetta.encoder_decoder import T5Config
+from rosetta.model.encoder_decoder import T5Config
 from tests.test_trainer import step_losses
 
 
@@ -75,7 +79,7 @@ def test_bad_arguments():
   with pytest.raises(ValueError, match='label_smoothing'):
     _chunked(x, kernel, targets, weights, jnp.float32, 1.0, 0.0, 2)
   with pytest.raises(ValueError, match='loss_chunk_length'):
-    models.EncoderDecoderModel(T5Config(), loss_chunk_length=0)
+    encoder_decoder_model.EncoderDecoderModel(T5Config(), loss_chunk_length=0)
 
 
 CFG = T5Config(vocab_size=48, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=32,
@@ -98,8 +102,8 @@ def test_model_loss_metrics_and_gradients(tied):
   loss_fn on the same network: loss, metrics and every parameter's
   gradient (tied embeddings: the T5 v1.0 rescaled projection)."""
   cfg = CFG.replace(tie_word_embeddings=tied)
-  whole = models.EncoderDecoderModel(cfg, label_smoothing=0.1, z_loss=1e-3)
-  chunked = models.EncoderDecoderModel(cfg, label_smoothing=0.1, z_loss=1e-3,
+  whole = encoder_decoder_model.EncoderDecoderModel(cfg, label_smoothing=0.1, z_loss=1e-3)
+  chunked = encoder_decoder_model.EncoderDecoderModel(cfg, label_smoothing=0.1, z_loss=1e-3,
                                        loss_chunk_length=3)
   net = whole.make_network(nnx.Rngs(0))
   graphdef, params = nnx.split(net, nnx.Param)
@@ -128,7 +132,7 @@ def test_sharded_train_steps_equal_whole_logits(mesh_data4_model2):
   for chunk in (None, 4):
     sched = optimizers.learning_rate_schedule('constant', 1e-2, 0)
     tr = trainer.Trainer(
-        models.EncoderDecoderModel(CFG, z_loss=1e-4,
+        encoder_decoder_model.EncoderDecoderModel(CFG, z_loss=1e-4,
                                    loss_chunk_length=chunk),
         partitioning.Partitioner(mesh_data4_model2),
         optimizers.make_optimizer('adamw', sched), sched, seed=3)

@@ -8,10 +8,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), 'benchmarks'))
-import compile_clock  # noqa: E402
+from benchmarks import compile_clock  # noqa: E402
 
 
 def test_counts_the_compile_and_not_the_cached_call():

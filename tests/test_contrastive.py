@@ -12,7 +12,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rosetta import partitioning
-from retrieval import contrastive
+from retrieval.dense import contrastive
 
 
 def softplus(x):

@@ -19,15 +19,18 @@ import pytest
 import seqio
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from rosetta import data
-from translation.django_po import django_pairs
+from rosetta.data import corpora
+from rosetta.data import evaluation
+from rosetta.data import pipeline
+from rosetta.data import text_pairs
+from rosetta.data.django_po import django_pairs
 
 BYTES = seqio.ByteVocabulary()
 TOY = [('hi', 'ok'), ('abc', 'd'), ('x', 'yz')]
 TOY_LENGTHS = {'inputs': 8, 'targets': 6}
 LENGTHS = {'inputs': 32, 'targets': 32}
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MULTI30K = os.path.join(data.data_dir(), 'multi30k', 'data', 'task1', 'raw')
+MULTI30K = os.path.join(corpora.data_dir(), 'multi30k', 'data', 'task1', 'raw')
 
 PACKED = [  # the module docstring's worked example
     {'encoder_input_tokens': [107, 108, 1, 100, 101, 102, 1, 0],
@@ -74,7 +77,7 @@ def host(batch):
 
 @pytest.fixture(scope='module')
 def toy_task():
-  data.register_text_pair_task('test_toy', data.pairs_source({'train': TOY}),
+  text_pairs.register_text_pair_task('test_toy', text_pairs.pairs_source({'train': TOY}),
                                BYTES, replace=True)
   return 'test_toy'
 
@@ -87,8 +90,8 @@ def fr_pairs():
 @pytest.fixture(scope='module')
 def fr_task(fr_pairs):
   # 40 pairs: a few packed batches cross epoch boundaries (reshuffles).
-  data.register_text_pair_task(
-      'test_django_en_fr', data.pairs_source({'train': fr_pairs[:40]}),
+  text_pairs.register_text_pair_task(
+      'test_django_en_fr', text_pairs.pairs_source({'train': fr_pairs[:40]}),
       BYTES, input_prefix='>>fr<< ', replace=True)
   return 'test_django_en_fr'
 
@@ -98,7 +101,7 @@ def pipeline(task, mesh, **kw):
               global_batch_size=8, partitioner=mesh, seed=0, shuffle=True,
               pack=True)
   args.update(kw)
-  return data.InputPipeline(task, **args)
+  return pipeline.InputPipeline(task, **args)
 
 
 # ---------------------------------------------------------- converters ---
@@ -209,7 +212,7 @@ def test_hosts_read_disjoint_shards(fr_task, fr_pairs):
   # What two processes would read: same seeded order, every 2nd example.
   seen = []
   for index in range(2):
-    ds = data.make_local_dataset(
+    ds = pipeline.make_local_dataset(
         fr_task, split='train',
         task_feature_lengths={'inputs': 256, 'targets': 256},
         local_batch_size=1, seed=5, shuffle=True, pack=False, num_epochs=1,
@@ -236,19 +239,19 @@ def write(path, text_or_bytes):
 def test_parallel_text_source_reads_gz_skips_empty(tmp_path):
   src = write(tmp_path / 's.en.gz', 'one\r\n\ntwo\u2028half\n  three \n')
   tgt = write(tmp_path / 't.de', 'eins\r\nleer\nzwei\u2028halb\ndrei')
-  source = data.parallel_text_source({'train': (src, tgt)})
+  source = text_pairs.parallel_text_source({'train': (src, tgt)})
   assert source.pairs('train') == [('one', 'eins'),
                                    ('two\u2028half', 'zwei\u2028halb'),
                                    ('three', 'drei')]
   stats = source.stats('train')
   assert (stats.lines, stats.pairs, stats.skipped_empty) == (4, 3, 1)
-  assert data.read_parallel_text(src, tgt, max_lines=1) == [('one', 'eins')]
+  assert text_pairs.read_parallel_text(src, tgt, max_lines=1) == [('one', 'eins')]
 
 
 def test_parallel_text_source_mismatched_lines_names_both_files(tmp_path):
   src = write(tmp_path / 'a.en', 'one\ntwo\nthree\n')
   tgt = write(tmp_path / 'a.de', 'eins\nzwei\n')
-  source = data.parallel_text_source({'train': (src, tgt)})
+  source = text_pairs.parallel_text_source({'train': (src, tgt)})
   with pytest.raises(ValueError) as e:
     source.pairs('train')
   assert f'{src} has 3 lines' in str(e.value)
@@ -259,13 +262,13 @@ def test_parallel_text_source_bad_utf8_names_file_and_line(tmp_path):
   src = write(tmp_path / 'b.en', 'one\ntwo\nthree\n')
   tgt = write(tmp_path / 'b.de.gz', b'eins\nzwei\ndr\xffei\n')
   with pytest.raises(ValueError, match=rf'{tgt}:3: not valid UTF-8'):
-    data.read_parallel_text(src, tgt)
+    text_pairs.read_parallel_text(src, tgt)
   with pytest.raises(ValueError, match=rf'{tgt}:3:'):  # also past max_lines
-    data.read_parallel_text(src, tgt, max_lines=1)
+    text_pairs.read_parallel_text(src, tgt, max_lines=1)
 
 
 def test_empty_split_is_an_error():
-  source = data.pairs_source({'train': [(' ', 'x'), ('y', '')]})
+  source = text_pairs.pairs_source({'train': [(' ', 'x'), ('y', '')]})
   with pytest.raises(ValueError, match=r"'train' has no pairs \(2 read, 2 "):
     source.pairs('train')
 
@@ -276,9 +279,9 @@ def test_empty_split_is_an_error():
 def test_multi30k_en_de_batches(mesh_data4_model2):
   src_path = os.path.join(MULTI30K, 'train.en.gz')
   tgt_path = os.path.join(MULTI30K, 'train.de.gz')
-  source = data.parallel_text_source({'train': (src_path, tgt_path)},
+  source = text_pairs.parallel_text_source({'train': (src_path, tgt_path)},
                                      max_lines=300)
-  data.register_text_pair_task('test_multi30k_en_de', source, BYTES,
+  text_pairs.register_text_pair_task('test_multi30k_en_de', source, BYTES,
                                input_prefix='>>de<< ', replace=True)
   assert source.stats('train').pairs == 300
   with gzip.open(tgt_path, 'rt', encoding='utf-8') as f:
@@ -313,10 +316,10 @@ def mean_score(targets, scores):
 def test_evaluator_glue_copying_targets_scores_100(fr_pairs, mesh_data4_model2):
   # 21 examples, global batch 8: the last batch carries 3 padding rows.
   task = 'test_django_en_fr_eval'
-  data.register_text_pair_task(
-      task, data.pairs_source({'validation': fr_pairs[40:61]}), BYTES,
+  text_pairs.register_text_pair_task(
+      task, text_pairs.pairs_source({'validation': fr_pairs[40:61]}), BYTES,
       metric_fns=[exact_match, mean_score], replace=True)
-  evaluator = data.make_evaluator(task, 'validation')
+  evaluator = evaluation.make_evaluator(task, 'validation')
   calls = []
 
   @jax.jit
@@ -331,8 +334,8 @@ def test_evaluator_glue_copying_targets_scores_100(fr_pairs, mesh_data4_model2):
   kw = dict(global_batch_size=8, partitioner=mesh_data4_model2)
   metrics, outputs = evaluator.evaluate(
       compute_metrics=True, step=0,
-      predict_fn=data.make_predict_fn(copy_targets, **kw),
-      score_fn=data.make_score_fn(target_length, **kw))
+      predict_fn=evaluation.make_predict_fn(copy_targets, **kw),
+      score_fn=evaluation.make_score_fn(target_length, **kw))
   result = metrics.result()[task]
   assert result['exact_match'] == 100.0
   assert result['mean_score'] == result['mean_target_bytes_plus_eos']
@@ -343,12 +346,12 @@ def test_evaluator_glue_copying_targets_scores_100(fr_pairs, mesh_data4_model2):
   # The metric is not vacuous: all-padding predictions score 0.
   metrics, _ = evaluator.evaluate(
       compute_metrics=True, step=1,
-      predict_fn=data.make_predict_fn(
+      predict_fn=evaluation.make_predict_fn(
           lambda f: jnp.zeros_like(f['decoder_target_tokens']), **kw),
-      score_fn=data.make_score_fn(target_length, **kw))
+      score_fn=evaluation.make_score_fn(target_length, **kw))
   assert metrics.result()[task]['exact_match'] == 0.0
 
-  batches = list(data.eval_batches(evaluator.cached_model_datasets[task], 8,
+  batches = list(evaluation.eval_batches(evaluator.cached_model_datasets[task], 8,
                                    mesh_data4_model2))
   assert [int(b.mask.sum()) for b in batches] == [8, 8, 5]
   assert batches[-1].indices.tolist() == [16, 17, 18, 19, 20, -1, -1, -1]
@@ -359,7 +362,7 @@ def test_evaluator_glue_copying_targets_scores_100(fr_pairs, mesh_data4_model2):
 
 def test_make_evaluator_refuses_packing(fr_task):
   with pytest.raises(ValueError, match='pack=False'):
-    data.make_evaluator(fr_task, 'train',
+    evaluation.make_evaluator(fr_task, 'train',
                         feature_converter=seqio.EncDecFeatureConverter(
                             pack=True))
 
@@ -373,15 +376,16 @@ _HOST = textwrap.dedent('''
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
     jax.distributed.initialize(coordinator_address=f'127.0.0.1:{port}',
                                num_processes=2, process_id=process_id)
-    from rosetta import data, partitioning
-    from translation.django_po import django_pairs
+    from rosetta import partitioning
+    from rosetta.data import pipeline as data
+    from rosetta.data.django_po import django_pairs
     pairs = django_pairs(['fr'])['fr'][:40]
-    data.register_text_pair_task('fr', data.pairs_source({'train': pairs}),
+    text_pairs.register_text_pair_task('fr', text_pairs.pairs_source({'train': pairs}),
                                  seqio.ByteVocabulary())
     mesh = partitioning.make_mesh(data=4, model=2)
     kw = dict(split='train', task_feature_lengths={'inputs': 32,
               'targets': 32}, global_batch_size=8, partitioner=mesh, seed=3)
-    pipe = data.InputPipeline('fr', **kw)
+    pipe = pipeline.InputPipeline('fr', **kw)
     total = jax.jit(lambda b: jnp.sum(b['decoder_target_tokens']))
     report = {'batches': [], 'state': None}
     for step in range(3):
@@ -393,7 +397,7 @@ _HOST = textwrap.dedent('''
         rows[s.index[0].start] = np.asarray(s.data).tolist()
       report['batches'].append({'rows': rows,
                                 'global_sum': int(total(batch))})
-    resumed = data.InputPipeline('fr', state=report['state'], **kw)
+    resumed = pipeline.InputPipeline('fr', state=report['state'], **kw)
     again = next(resumed)['decoder_target_tokens']
     report['resumed_rows'] = {s.index[0].start: np.asarray(s.data).tolist()
                               for s in again.addressable_shards}

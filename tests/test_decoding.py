@@ -18,9 +18,11 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from rosetta import checkpoint_import, decoding, partitioning
-from rosetta import logits_processors as lp
-from rosetta.encoder_decoder import EncoderDecoder, T5Config
+from rosetta import partitioning
+from rosetta.checkpoint import hf as checkpoint_import
+from rosetta.decoding import algorithms as decoding
+from rosetta.decoding import processors as lp
+from rosetta.model.encoder_decoder import EncoderDecoder, T5Config
 
 PAD, EOS, A, B = 0, 1, 2, 3
 V = 4

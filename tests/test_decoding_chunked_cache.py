@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rosetta import decoding
-from rosetta import logits_processors as lp
-from rosetta.encoder_decoder import EncoderDecoder, T5Config
+from rosetta.decoding import algorithms as decoding
+from rosetta.decoding import processors as lp
+from rosetta.model.encoder_decoder import EncoderDecoder, T5Config
 
 CFG = T5Config(vocab_size=64, emb_dim=32, num_heads=2, head_dim=8, mlp_dim=48,
                num_encoder_layers=1, num_decoder_layers=2, dropout_rate=0.0)

@@ -18,7 +18,9 @@ import pytest
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
 
-from rosetta import checkpoint_import, decoding, partitioning  # noqa: E402
+from rosetta import partitioning  # noqa: E402
+from rosetta.checkpoint import hf as checkpoint_import  # noqa: E402
+from rosetta.decoding import algorithms as decoding  # noqa: E402
 
 pytestmark = pytest.mark.peers
 

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rosetta import layers
+from rosetta.model import layers
 
 
 def _grads(x, k, dtype):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from translation import django_po
+from rosetta.data import django_po
 
 GOOD = r'''# header comment
 msgid ""

@@ -12,8 +12,9 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from retrieval import datasets, docids
-from retrieval.docids import DocidMapping, DocidVocabulary
+from retrieval import datasets
+from retrieval.dsi import docids
+from retrieval.dsi.docids import DocidMapping, DocidVocabulary
 
 BYTES = seqio.ByteVocabulary()   # 259 ids: 0 PAD, 1 EOS, 2 UNK, 3.. bytes
 

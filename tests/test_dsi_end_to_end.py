@@ -12,8 +12,15 @@ import jax
 import numpy as np
 import pytest
 
-from retrieval import datasets, dsi_eval, dsi_tasks, ir_metrics
-from rosetta import gin_utils, main, models, partitioning, runs
+from retrieval import datasets
+from retrieval.dsi import evaluation as dsi_eval
+from retrieval.dsi import dsi_tasks
+from retrieval.search import ir_metrics
+from rosetta import gin_utils, partitioning
+from rosetta import cli
+from rosetta.run import run_dir
+from rosetta.model import encoder_decoder_model
+from rosetta.run import runs
 
 STEPS = 400
 LENGTHS = {'inputs': 64, 'targets': 4}
@@ -47,9 +54,9 @@ def dsi_run(tmp_path_factory, one_device):
       'optimizers.learning_rate_schedule.base = 3e-3'], finalize=False)
   gin.finalize()
   try:
-    runs.train(mesh=one_device, config_text=main.run_config_text())
+    runs.train(mesh=one_device, config_text=run_dir.run_config_text())
     setup = dsi_tasks.last_setup('xquad_dsi')
-    wrapper = models.EncoderDecoderModel()    # with the gin processors
+    wrapper = encoder_decoder_model.EncoderDecoderModel()    # with the gin processors
     tr, state, step = runs._restore_for_inference(  # noqa: SLF001
         d, wrapper, one_device)
     yield dict(dir=d, setup=setup, wrapper=wrapper, trainer=tr,
@@ -109,7 +116,7 @@ def test_gin_processors_constrain_evaluation(dsi_run, one_device):
   texts = [q.text for q in s.corpus.queries['test'][:16]]  # eval's shape
   batch = {'encoder_input_tokens': dsi_eval.encode_texts(
       texts, s.vocabulary.text_vocabulary, LENGTHS['inputs'])}
-  free = models.EncoderDecoderModel(cfg, max_decode_length=4,
+  free = encoder_decoder_model.EncoderDecoderModel(cfg, max_decode_length=4,
                                     processors=None)
   valid = lambda toks: [s.trie.contains(list(t)) for t in np.asarray(toks)]
   assert all(valid(wrapper.predict_batch(untrained, batch)))

@@ -14,10 +14,14 @@ import pytest
 import seqio
 from flax import nnx
 
-from retrieval import datasets, docids, dsi_tasks
-from rosetta import data, gin_utils, partitioning, runs
-from rosetta.encoder_decoder import EncoderDecoder, T5Config
-from rosetta.models import EncoderDecoderModel
+from retrieval import datasets
+from retrieval.dsi import docids
+from retrieval.dsi import dsi_tasks
+from rosetta import gin_utils, partitioning
+from rosetta.data import evaluation
+from rosetta.run import runs
+from rosetta.model.encoder_decoder import EncoderDecoder, T5Config
+from rosetta.model.encoder_decoder_model import EncoderDecoderModel
 
 LENGTHS = {'inputs': 96, 'targets': 8}
 
@@ -140,13 +144,13 @@ def test_metrics_through_a_seqio_evaluator_with_the_trie():
   model = EncoderDecoderModel(cfg, max_decode_length=s.trie.max_length,
                               num_beams=1)
   part = partitioning.Partitioner(partitioning.make_mesh(data=-1))
-  evaluator = data.make_evaluator(s.tasks.retrieval, 'test',
+  evaluator = evaluation.make_evaluator(s.tasks.retrieval, 'test',
                                   num_examples=16,
                                   async_compute_metrics=False)
   proc = s.constraint()
 
   def metrics(predict_batch):
-    fn = data.make_predict_fn(predict_batch, global_batch_size=8,
+    fn = evaluation.make_predict_fn(predict_batch, global_batch_size=8,
                               partitioner=part)
     m, _ = evaluator.evaluate(compute_metrics=True, predict_fn=fn)
     return {k: float(getattr(v, 'value', v))
@@ -217,7 +221,7 @@ def test_gin_file_registers_tasks_and_runs_a_forward_pass(gin_file):
   for name in gin.query_parameter('train.eval_tasks'):
     split = gin.query_parameter('train.eval_split')
     assert split in seqio.get_mixture_or_task(name).splits
-  assert gin.query_parameter('models.EncoderDecoderModel.max_decode_length'
+  assert gin.query_parameter('encoder_decoder_model.EncoderDecoderModel.max_decode_length'
                              ) >= setup.trie.max_length
   # Evaluation in `rosetta train` / `evaluate` decodes under the trie.
   (proc,) = EncoderDecoderModel().processors()

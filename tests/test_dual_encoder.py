@@ -18,10 +18,10 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rosetta import optimizers, partitioning, trainer
-from rosetta.encoder_decoder import EncoderDecoder, T5Config
-from retrieval import dual_encoder as de
-from retrieval import dual_encoder_model as dem
-from retrieval import pair_tasks
+from rosetta.model.encoder_decoder import EncoderDecoder, T5Config
+from retrieval.dense import dual_encoder as de
+from retrieval.dense import dual_encoder_model as dem
+from retrieval.dense import pair_tasks
 
 # One layer: compiling is most of these tests' time (the HF checkpoints
 # below have two).

@@ -15,20 +15,22 @@ import pytest
 import seqio
 from flax import nnx
 
-from rosetta import data, gin_utils, optimizers, partitioning, trainer
-from rosetta.encoder_decoder import T5Config
+from rosetta import gin_utils, optimizers, partitioning, trainer
+from rosetta.data import corpora
+from rosetta.data import pipeline
+from rosetta.model.encoder_decoder import T5Config
 from retrieval import datasets
-from retrieval import dual_encoder as de
-from retrieval import dual_encoder_model as dem
-from retrieval import pair_tasks
-from translation import sources
+from retrieval.dense import dual_encoder as de
+from retrieval.dense import dual_encoder_model as dem
+from retrieval.dense import pair_tasks
+from rosetta.data import corpora as sources
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def need(corpus_dir):
-  if not os.path.isdir(os.path.join(data.data_dir(), corpus_dir)):
-    pytest.skip(f'no {corpus_dir} under {data.data_dir()}')
+  if not os.path.isdir(os.path.join(corpora.data_dir(), corpus_dir)):
+    pytest.skip(f'no {corpus_dir} under {corpora.data_dir()}')
 
 
 def test_tatoeba_pairs_keep_the_nmt_split():
@@ -144,7 +146,7 @@ def test_trainer_learns_tatoeba_pairs(mesh_data8):
                        sched)
   lengths = {'queries': 32, 'positives': 64}
   batch_size = 16
-  pipe = data.InputPipeline(
+  pipe = pipeline.InputPipeline(
       name, split='train', task_feature_lengths=lengths,
       global_batch_size=batch_size, partitioner=part, seed=0, pack=False,
       feature_converter_cls=model.FEATURE_CONVERTER_CLS)
@@ -158,7 +160,7 @@ def test_trainer_learns_tatoeba_pairs(mesh_data8):
   assert last[0] < 0.8 * first[0], (first, last)
   # Held-out English sentences against their German translations, 16 at a
   # time: chance is 1/16.
-  val = data.InputPipeline(
+  val = pipeline.InputPipeline(
       name, split='validation', task_feature_lengths=lengths,
       global_batch_size=batch_size, partitioner=part, shuffle=False,
       pack=False, num_epochs=1,
@@ -181,7 +183,7 @@ def test_rosetta_train_runs_the_tiny_experiment(tmp_path):
              PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
   d = str(tmp_path)
   p = subprocess.run(
-      [sys.executable, '-m', 'rosetta.main', 'train',
+      [sys.executable, '-m', 'rosetta', 'train',
        '--gin_file=retrieval/dual_encoder_tiny_cpu.gin',
        f"--gin.train.model_dir='{d}'", '--gin.train.total_steps=150',
        '--gin.train.eval_period=150', '--gin.train.log_period=10'],

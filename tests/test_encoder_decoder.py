@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rosetta import layers
-from rosetta.encoder_decoder import EncoderDecoder, T5Config
+from rosetta.model import layers
+from rosetta.model.encoder_decoder import EncoderDecoder, T5Config
 
 CFG = T5Config(vocab_size=64, emb_dim=32, num_heads=4, head_dim=8, mlp_dim=64,
                num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.0)

@@ -1,10 +1,12 @@
-"""retrieval.fusion: reciprocal rank fusion and normalised score sums on
+"""retrieval.search.fusion: reciprocal rank fusion and normalised score sums on
 hand-computed cases, weight tuning, the `rosetta fuse` CLI, and fusion of
 real BM25 runs on Cranfield."""
 
 import pytest
 
-from retrieval import datasets, fusion, ir_metrics
+from retrieval import datasets
+from retrieval.search import fusion
+from retrieval.search import ir_metrics
 
 A = {'q1': {'d1': 3.0, 'd2': 2.0, 'd3': 1.0},
      'q2': {'d4': 9.0, 'd5': 1.0}}
@@ -109,14 +111,14 @@ def _write(path, run):
 
 
 def test_cli_tunes_fuses_and_reports(tmp_path, capsys):
-  from rosetta import main as rosetta_main
+  from rosetta import cli
   qrels = {f'q{i}': {'good': 1} for i in range(4)}
   a = {q: {'good': 1.0, 'wrong': 0.0} for q in qrels}
   b = {q: {'good': 0.0, 'wrong': 1.0} for q in qrels}
   ir_metrics.write_qrels(str(tmp_path / 'train.qrels'), qrels)
   files = [_write(tmp_path / 'a.trec', a), _write(tmp_path / 'b.trec', b)]
   out = tmp_path / 'fused.trec'
-  assert rosetta_main.cli(
+  assert cli.main(
       ['fuse', *files, '--method', 'combsum', '--tune_runs', *files,
        '--tune_qrels', str(tmp_path / 'train.qrels'), '--qrels',
        str(tmp_path / 'train.qrels'), '--out', str(out)]) == 0
@@ -129,12 +131,12 @@ def test_cli_tunes_fuses_and_reports(tmp_path, capsys):
   bad = tmp_path / 'bad.trec'
   bad.write_text('q1 Q0 d1 1 0.5 x\nq1 Q0 d2 2\n')
   out2 = tmp_path / 'never.trec'
-  assert rosetta_main.cli(['fuse', files[0], str(bad), '--out',
+  assert cli.main(['fuse', files[0], str(bad), '--out',
                            str(out2)]) == 2
   assert f'{bad}:2: expected 6 fields' in capsys.readouterr().err
   assert not out2.exists()
   with pytest.raises(SystemExit):
-    rosetta_main.cli(['fuse', *files, '--tune_runs', files[0],
+    cli.main(['fuse', *files, '--tune_runs', files[0],
                       '--tune_qrels', 'x', '--out', str(out2)])
   assert 'one per run' in capsys.readouterr().err
 
@@ -142,7 +144,7 @@ def test_cli_tunes_fuses_and_reports(tmp_path, capsys):
 @pytest.mark.skipif(not datasets.available('cranfield'),
                     reason='needs the Cranfield collection')
 def test_real_bm25_runs_on_cranfield():
-  from retrieval import bm25
+  from retrieval.search import bm25
   rs = datasets.cranfield()
   def run(index):
     res = index.search(rs.queries, 100)

@@ -8,9 +8,8 @@ import time
 import gin
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, 'benchmarks'))
 
-import generative_retrieval as gr  # noqa: E402
+from benchmarks import generative_retrieval as gr  # noqa: E402
 
 
 def test_systems_order_and_kinds():

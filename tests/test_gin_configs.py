@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from rosetta import gin_utils, param_structure, partitioning
-from rosetta.encoder_decoder import EncoderDecoder, T5Config
+from rosetta.model.encoder_decoder import EncoderDecoder, T5Config
 
 GOLDEN = os.path.join(os.path.dirname(__file__), 'golden')
 MODEL_FILES = gin_utils.all_gin_files('models')

@@ -14,7 +14,7 @@ import pytest
 import seqio
 
 from rosetta import gin_utils
-from rosetta import main as rosetta_main
+from rosetta import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COOKBOOK = os.path.join(REPO, 'docs', 'gin_cookbook.md')
@@ -98,10 +98,10 @@ def test_gin_files_parse(workdir, monkeypatch):
 def test_commands_parse(workdir, monkeypatch):
   monkeypatch.chdir(workdir)
   for argv in commands():
-    args = rosetta_main.parse_args(argv)
+    args = cli.parse_args(argv)
     gin_utils.parse(args.gin_file, args.gin_bindings, finalize=False)
   # The first command's overrides win over its experiment file.
-  args = rosetta_main.parse_args(commands()[0])
+  args = cli.parse_args(commands()[0])
   gin_utils.parse(args.gin_file, args.gin_bindings, finalize=False)
   assert gin.query_parameter('train.total_steps') == 500
   assert gin.query_parameter('train.model_dir') == 'runs/tiny_django'
@@ -145,7 +145,7 @@ def test_mixture_experiment_trains(workdir, tmp_path):
              PYTHONPATH=os.pathsep.join(['.', REPO]))
   env.pop('XLA_FLAGS', None)
   p = subprocess.run(
-      [sys.executable, '-m', 'rosetta.main', *argv,
+      [sys.executable, '-m', 'rosetta', *argv,
        f"--gin.train.model_dir='{run_dir}'", '--gin.train.total_steps=3',
        '--gin.train.eval_period=0', '--gin.train.batch_size=8',
        "--gin.train.task_feature_lengths={'inputs': 32, 'targets': 32}"],

@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from rosetta import optimizers, partitioning, trainer
-from retrieval import dual_encoder_model as dem
+from retrieval.dense import dual_encoder_model as dem
 
 from tests.test_dual_encoder import cfg, model_batch
 

@@ -17,7 +17,8 @@ from jax.sharding import PartitionSpec as P
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
 
-from rosetta import checkpoint_import, partitioning  # noqa: E402
+from rosetta import partitioning  # noqa: E402
+from rosetta.checkpoint import hf as checkpoint_import  # noqa: E402
 
 pytestmark = pytest.mark.peers
 

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from scipy.special import logsumexp
 
-from retrieval import hubness, search
+from retrieval.search import hubness
+from retrieval.search import exact as search
 from rosetta import partitioning
 
 

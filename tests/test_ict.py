@@ -1,4 +1,4 @@
-"""Inverse cloze task pairs (retrieval/ict.py) and their seqio tasks: the
+"""Inverse cloze task pairs (retrieval/dense/ict.py) and their seqio tasks: the
 query is a sentence of its document, cut out of its passage unless kept,
 the passage is a window around where it was, and which pairs keep their
 sentence is fixed."""
@@ -7,7 +7,9 @@ import gin
 import pytest
 import seqio
 
-from retrieval import datasets, ict, pair_tasks
+from retrieval import datasets
+from retrieval.dense import ict
+from retrieval.dense import pair_tasks
 
 # the same tiny multilingual SentencePiece model as the passage tests
 from test_passages import WORDS, spm_path  # noqa: E402,F401

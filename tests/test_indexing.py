@@ -22,7 +22,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)     # the child process runs this file directly
 
-from retrieval import indexing  # noqa: E402
+from retrieval.dense import indexing  # noqa: E402
 
 DIM = 64
 
@@ -47,9 +47,9 @@ def corpus():
     texts = list(datasets.flores_sentences('eng_Latn'))
   else:
     texts = []
-    notes = sorted(os.listdir(os.path.join(REPO, 'docs', 'notes')))
+    results = sorted(os.listdir(os.path.join(REPO, 'docs', 'results')))
     for name in ('README.md', 'BUILD_NOTES.md',
-                 *(os.path.join('docs', 'notes', n) for n in notes)):
+                 *(os.path.join('docs', 'results', n) for n in results)):
       with open(os.path.join(REPO, name), encoding='utf-8') as f:
         texts += [l.strip() for l in f if len(l.strip()) > 20]
   assert len(texts) > 400
@@ -162,7 +162,10 @@ def test_end_to_end_bitext_mining_on_flores(tmp_path, corpus, mesh_data8):
   """Index -> load -> shard on 8 devices (bf16) -> search, with and without
   CSLS -> pytrec_eval: French FLORES sentences find their English lines."""
   # pylint: disable=import-outside-toplevel
-  from retrieval import datasets, hubness, ir_metrics, search
+  from retrieval import datasets
+  from retrieval.search import hubness
+  from retrieval.search import ir_metrics
+  from retrieval.search import exact as search
   if not datasets.available('flores'):
     pytest.skip('no FLORES-200 devtest under $ROSETTA_DATA_DIR')
   mining = datasets.flores_mining('fra_Latn')

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import pytrec_eval
 
-from retrieval import bm25, datasets, ir_metrics
+from retrieval import datasets
+from retrieval.search import bm25
+from retrieval.search import ir_metrics
 
 KS = (1, 3, 10, 20)
 

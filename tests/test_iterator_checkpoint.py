@@ -12,7 +12,9 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from rosetta import checkpoints, data, iterator_checkpoint
+from rosetta.checkpoint import manager as checkpoints
+
+from rosetta.data import iterator_state as iterator_checkpoint
 from tests.test_data import BYTES, fr_pairs, fr_task, host, pipeline  # noqa: F401
 
 
@@ -185,7 +187,7 @@ def test_checkpointer_commits_the_iterator_item_with_the_step(tmp_path):
 
 
 def _order(n, seed, block=256):
-  from rosetta import text_pairs
+  from rosetta.data import text_pairs
   return iter(text_pairs._permuted_indices(n, seed, block).unbatch().repeat())
 
 

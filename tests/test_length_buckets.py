@@ -10,13 +10,16 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from retrieval import dual_encoder as de
-from retrieval import dual_encoder_model as dem
-from retrieval import pair_tasks
-from rosetta import data, length_buckets, optimizers, partitioning, trainer
-from rosetta.encoder_decoder import T5Config
+from retrieval.dense import dual_encoder as de
+from retrieval.dense import dual_encoder_model as dem
+from retrieval.dense import pair_tasks
+from rosetta import optimizers, partitioning, trainer
+from rosetta.data import corpora
+from rosetta.data import pipeline
+from rosetta.data import length_buckets
+from rosetta.model.encoder_decoder import T5Config
 
-DATA = data.data_dir()
+DATA = corpora.data_dir()
 LENGTHS = {'queries': 64, 'positives': 96}
 BUCKETS = [{'query_tokens': 32, 'positive_tokens': 32},
            {'query_tokens': 64, 'positive_tokens': 48}]
@@ -157,7 +160,7 @@ def test_bucket_draws_follow_the_shares_and_skip_empty_buckets():
 
 def _pipe(mesh, name, **kw):
   kw.setdefault('length_buckets', BUCKETS)
-  return data.InputPipeline(
+  return pipeline.InputPipeline(
       name, split='train', task_feature_lengths=LENGTHS, global_batch_size=16,
       partitioner=mesh, seed=0, pack=False, feature_converter_cls=CONVERTER,
       **kw)
@@ -172,14 +175,14 @@ def test_pipeline_batches_regroup_the_fixed_length_stream(mesh_data8):
   name = _tatoeba_task()
   pipe = _pipe(mesh_data8, name)
   assert pipe.bucket_shares is None   # one process: batches as they fill
-  shares = data.estimate_bucket_shares(
+  shares = pipeline.estimate_bucket_shares(
       name, BUCKETS, split='train', task_feature_lengths=LENGTHS, seed=0,
       shuffle=True, pack=False, num_epochs=None, process_count=2,
       use_cached=False, feature_converter_cls=CONVERTER)
   assert shares.sum() == pytest.approx(1.0) and all(shares > 0.05), shares
   # AOT lowering sees the full lengths (the worst case).
   assert pipe.element_spec['positive_tokens'].shape == (16, 96)
-  fixed = data.make_local_dataset(
+  fixed = pipeline.make_local_dataset(
       name, split='train', task_feature_lengths=LENGTHS, local_batch_size=1,
       seed=0, pack=False, feature_converter_cls=CONVERTER)
   def used(row):
@@ -237,7 +240,7 @@ def test_pipeline_resumes_exactly_and_refuses_other_buckets(mesh_data8,
 
 
 def _host_dataset(name, index):
-  return data.make_local_dataset(
+  return pipeline.make_local_dataset(
       name, split='train', task_feature_lengths=LENGTHS, local_batch_size=4,
       seed=5, pack=False, process_index=index, process_count=2,
       feature_converter_cls=CONVERTER, length_buckets=BUCKETS)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rosetta import models
-from rosetta.encoder_decoder import T5Config
+from rosetta.model import encoder_decoder_model
+from rosetta.model.encoder_decoder import T5Config
 
 CFG = T5Config(vocab_size=32, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=32,
                num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.0)
@@ -19,11 +19,11 @@ def test_cross_entropy_golden():
   logits = jnp.log(jnp.array([[[0.5, 0.25, 0.25], [0.1, 0.1, 0.8]]]))
   targets = jnp.array([[0, 2]])
   weights = jnp.array([[1.0, 1.0]])
-  loss, z = models.cross_entropy_with_logits(logits, targets, weights)
+  loss, z = encoder_decoder_model.cross_entropy_with_logits(logits, targets, weights)
   np.testing.assert_allclose(loss, [[-np.log(0.5), -np.log(0.8)]], rtol=1e-6)
   assert float(jnp.abs(z).max()) == 0.0
   # Label smoothing 0.2 over 3 classes: q = (0.8, 0.1, 0.1) at target 0.
-  ls, _ = models.cross_entropy_with_logits(logits, targets, weights,
+  ls, _ = encoder_decoder_model.cross_entropy_with_logits(logits, targets, weights,
                                            label_smoothing=0.2)
   q = np.array([0.8, 0.1, 0.1])
   p = np.array([0.5, 0.25, 0.25])
@@ -31,12 +31,12 @@ def test_cross_entropy_golden():
   np.testing.assert_allclose(ls[0, 0], want0, rtol=1e-5)
   # z-loss: log Z of unnormalised logits.
   shifted = logits + 2.0
-  zl, zpart = models.cross_entropy_with_logits(shifted, targets, weights,
+  zl, zpart = encoder_decoder_model.cross_entropy_with_logits(shifted, targets, weights,
                                                z_loss=1e-2)
   np.testing.assert_allclose(zpart, 1e-2 * 4.0, rtol=1e-5)
   np.testing.assert_allclose(zl - zpart, loss, rtol=1e-5)
   # Weights zero out padding.
-  wl, _ = models.cross_entropy_with_logits(logits, targets,
+  wl, _ = encoder_decoder_model.cross_entropy_with_logits(logits, targets,
                                            jnp.array([[1.0, 0.0]]))
   assert float(wl[0, 1]) == 0.0
 
@@ -56,7 +56,7 @@ def _reference_cross_entropy(logits, targets, weights, ls, z_loss):
 @pytest.mark.parametrize('ls,z_loss', [(0.0, 0.0), (0.1, 0.0), (0.0, 1e-2),
                                        (0.2, 1e-3)])
 def test_cross_entropy_custom_gradient_equals_autodiff(ls, z_loss):
-  """The fused hand-written VJP (rosetta/losses.py) against autodiff of the
+  """The fused hand-written VJP (rosetta/model/losses.py) against autodiff of the
   textbook formula: logits and weights gradients, both outputs used."""
   rng = np.random.default_rng(1)
   logits = jnp.asarray(rng.normal(0, 3, (2, 5, 11)), jnp.float32)
@@ -67,7 +67,7 @@ def test_cross_entropy_custom_gradient_equals_autodiff(ls, z_loss):
       loss, z = fn(lg, targets, w)
       return jnp.sum(loss * jnp.arange(1, 6)) + 3.0 * jnp.sum(z)
     return f
-  ours = functools.partial(models.cross_entropy_with_logits,
+  ours = functools.partial(encoder_decoder_model.cross_entropy_with_logits,
                            label_smoothing=ls, z_loss=z_loss)
   ref = functools.partial(_reference_cross_entropy, ls=ls, z_loss=z_loss)
   np.testing.assert_allclose(ours(logits, targets, weights)[0],
@@ -82,13 +82,13 @@ def test_cross_entropy_custom_gradient_equals_autodiff(ls, z_loss):
 
 def test_cross_entropy_rejects_bad_smoothing():
   with pytest.raises(ValueError, match='label_smoothing'):
-    models.cross_entropy_with_logits(jnp.zeros((1, 1, 3)), jnp.zeros((1, 1),
+    encoder_decoder_model.cross_entropy_with_logits(jnp.zeros((1, 1, 3)), jnp.zeros((1, 1),
                                      jnp.int32), jnp.ones((1, 1)),
                                      label_smoothing=1.0)
 
 
 def test_loss_normalised_by_target_tokens_and_accumulation_exact():
-  wrapper = models.EncoderDecoderModel(CFG, z_loss=0.0)
+  wrapper = encoder_decoder_model.EncoderDecoderModel(CFG, z_loss=0.0)
   net = wrapper.make_network(nnx.Rngs(0))
   rng = np.random.default_rng(0)
   tgt = rng.integers(2, 32, (4, 6)).astype(np.int32)
@@ -115,7 +115,7 @@ def test_loss_normalised_by_target_tokens_and_accumulation_exact():
 
 
 def test_dropout_rng_changes_loss():
-  wrapper = models.EncoderDecoderModel(CFG.replace(dropout_rate=0.5))
+  wrapper = encoder_decoder_model.EncoderDecoderModel(CFG.replace(dropout_rate=0.5))
   net = wrapper.make_network(nnx.Rngs(0))
   batch = {'encoder_input_tokens': jnp.array([[3, 4, 5, 1]]),
            'decoder_input_tokens': jnp.array([[0, 6, 7]]),

@@ -54,7 +54,7 @@ def _translate(run_dir, sentences, tmp_path, name):
   src.write_text('\n'.join(sentences) + '\n', encoding='utf-8')
   out = tmp_path / f'{name}.out'
   p = subprocess.run(
-      [sys.executable, '-m', 'rosetta.main', 'translate', '--checkpoint',
+      [sys.executable, '-m', 'rosetta', 'translate', '--checkpoint',
        run_dir, '--target_lang', 'de', '--input', str(src), '--output',
        str(out), '--beam_size', '2', '--max_length', '32', '--no_progress'],
       env=env(), cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -70,7 +70,7 @@ SMALL = [b.replace('emb_dim = 64', 'emb_dim = 128').replace(
 
 
 def _train(run_dir, steps, lr):
-  cmd = [sys.executable, '-m', 'rosetta.main', 'train',
+  cmd = [sys.executable, '-m', 'rosetta', 'train',
          '--gin_file=experiments/nmt_cpu_small.gin',
          f"--gin.train.model_dir='{run_dir}'",
          f'--gin.train.total_steps={steps}',
@@ -88,7 +88,7 @@ def _train(run_dir, steps, lr):
 
 @pytest.mark.slow
 def test_trained_beats_untrained_through_translate_cli(tmp_path):
-  from translation import sources
+  from rosetta.data import corpora as sources
   if not sources.available('tatoeba'):
     pytest.skip('Tatoeba not in the data directory')
   # Short held-out sentences: where a model this small and this briefly

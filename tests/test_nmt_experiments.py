@@ -14,13 +14,19 @@ import pytest
 import seqio
 from flax import nnx
 
-from rosetta import checkpoint_import, data, gin_utils, models, optimizers
-from rosetta import main as rosetta_main
-from rosetta import partitioning, runs
+from rosetta import gin_utils, optimizers
+from rosetta.checkpoint import hf as checkpoint_import
+from rosetta.data import pipeline
+from rosetta.model import encoder_decoder_model
+from rosetta import cli
+from rosetta import partitioning
+from rosetta.run import runs
 from rosetta import trainer as trainer_lib
 from rosetta import vocab as vocab_lib
-from rosetta.encoder_decoder import T5Config
-from translation import mixtures, nmt, sources, translate
+from rosetta.model.encoder_decoder import T5Config
+from translation import nmt, translate
+from rosetta.data import mixtures
+from rosetta.data import corpora as sources
 
 # A tiny network for the "build it" checks; every dim divides the 8 devices.
 TINY = ['encoder_decoder.T5Config.emb_dim = 32',
@@ -98,7 +104,7 @@ def test_tatoeba_21_experiment(tmp_path, num_devices):
   gin_utils.parse(['experiments/tatoeba_21.gin'],
                   [f"nmt.setup.vocab_path = '{vocab_path}'", *TINY],
                   finalize=False)
-  ds = data.make_local_dataset(
+  ds = pipeline.make_local_dataset(
       'nmt_mixture', split='train', task_feature_lengths={'inputs': 32,
                                                           'targets': 32},
       local_batch_size=8, seed=0)
@@ -108,7 +114,7 @@ def test_tatoeba_21_experiment(tmp_path, num_devices):
   starts = enc[(seg > 0) & (batch['encoder_positions'] == 0)]
   assert len(starts) > 8 and set(starts.tolist()) <= tags   # packed, tagged
   part = partitioning.Partitioner(partitioning.make_mesh(data=-1))
-  tr = trainer_lib.Trainer(models.EncoderDecoderModel(), part,
+  tr = trainer_lib.Trainer(encoder_decoder_model.EncoderDecoderModel(), part,
                            optimizers.make_optimizer(),
                            optimizers.learning_rate_schedule())
   params = tr.abstract_state['params']
@@ -182,7 +188,7 @@ def test_mt5_finetune_trains_from_hf_checkpoint(mt5_dir, tmp_path):
       'train.batch_size = 8', 'train.log_period = 1',
       "train.task_feature_lengths = {'inputs': 32, 'targets': 32}",
       'train.async_checkpoint = False', 'train.eval_tasks = []']
-  rosetta_main.cli(['train', '--gin_file=experiments/mt5_finetune_tatoeba.gin']
+  cli.main(['train', '--gin_file=experiments/mt5_finetune_tatoeba.gin']
                    + [f'--gin_bindings={b}' for b in bindings])
 
   # The vocabulary is the stand-in spiece.model plus <2de>, <2en>, <2fr>

@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, 'benchmarks'))
 
-import hf_t5_peer  # noqa: E402
-import nmt_quality  # noqa: E402
+from benchmarks import hf_t5_peer  # noqa: E402
+from benchmarks import nmt_quality  # noqa: E402
 
 
 def _burn(seconds):
@@ -167,14 +166,14 @@ def test_table_has_ratio_and_averages():
 def test_quick_run_end_to_end(tmp_path):
   """Both systems train 0.5 and 1 CPU minute on Tatoeba de<->en and are
   scored on 8 sentences per direction and corpus (~5-7 min on 2 cores)."""
-  from translation import sources
+  from rosetta.data import corpora as sources
   if not (sources.available('tatoeba') and sources.available('flores')):
     pytest.skip('needs tatoeba_v2021 and flores200_devtest')
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu')
   env.pop('XLA_FLAGS', None)
   out = tmp_path / 'results.json'
   p = subprocess.run(
-      [sys.executable, os.path.join(REPO, 'benchmarks', 'nmt_quality.py'),
+      [sys.executable, '-m', 'benchmarks.nmt_quality',
        '--quick', '--languages', 'de', '--workdir', str(tmp_path),
        '--output', str(out)],
       env=env, cwd=REPO, capture_output=True, text=True, timeout=1800)

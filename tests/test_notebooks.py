@@ -43,7 +43,7 @@ EXPECTED_OUTPUT = {
 
 
 def data_dir() -> str:
-  """rosetta.data.data_dir() without importing it (TensorFlow) here."""
+  """rosetta.data.pipeline.data_dir() without importing it (TensorFlow) here."""
   return os.environ.get('ROSETTA_DATA_DIR', os.path.join(
       os.path.dirname(REPO), 'shared', 'data'))
 

@@ -1,12 +1,14 @@
-"""First-fit-decreasing packing (rosetta/packing.py) against seqio's."""
+"""First-fit-decreasing packing (rosetta/data/packing.py) against seqio's."""
 
 import numpy as np
 import pytest
 import seqio
 import tensorflow as tf
 
-from rosetta import data, packing
-from translation.django_po import django_pairs
+from rosetta.data import pipeline
+from rosetta.data import text_pairs
+from rosetta.data import packing
+from rosetta.data.django_po import django_pairs
 
 BYTES = seqio.ByteVocabulary()
 
@@ -126,15 +128,15 @@ def test_converter_builds_seqio_model_features():
 
 
 def test_input_pipeline_with_first_fit_packing(mesh_data8):
-  data.register_text_pair_task(
+  text_pairs.register_text_pair_task(
       'test_packing_django_fr',
-      data.pairs_source({'train': django_pairs(['fr'])['fr'][:400]}), BYTES,
+      text_pairs.pairs_source({'train': django_pairs(['fr'])['fr'][:400]}), BYTES,
       replace=True)
   lengths = {'inputs': 64, 'targets': 64}
   fills = {}
   for name, cls in (('seqio', None),
                     ('first_fit', packing.FirstFitEncDecFeatureConverter)):
-    pipe = data.InputPipeline(
+    pipe = pipeline.InputPipeline(
         'test_packing_django_fr', split='train', task_feature_lengths=lengths,
         global_batch_size=8, partitioner=mesh_data8, seed=0,
         feature_converter_cls=cls)
@@ -154,18 +156,18 @@ def test_bad_arguments_are_named():
 
 def test_pipeline_state_names_the_converter(mesh_data8):
   """A position saved under one packing cannot resume another's stream."""
-  data.register_text_pair_task(
-      'test_packing_state', data.pairs_source(
+  text_pairs.register_text_pair_task(
+      'test_packing_state', text_pairs.pairs_source(
           {'train': django_pairs(['fr'])['fr'][:100]}), BYTES, replace=True)
   kw = dict(split='train', task_feature_lengths={'inputs': 32,
                                                  'targets': 32},
             global_batch_size=8, partitioner=mesh_data8, seed=0)
-  seqio_pipe = data.InputPipeline('test_packing_state', **kw)
-  ff = data.InputPipeline('test_packing_state', **kw,
+  seqio_pipe = pipeline.InputPipeline('test_packing_state', **kw)
+  ff = pipeline.InputPipeline('test_packing_state', **kw,
                           feature_converter_cls=(
                               packing.FirstFitEncDecFeatureConverter))
   assert ff.state()['converter'] == (
-      'rosetta.packing.FirstFitEncDecFeatureConverter')
+      'rosetta.data.packing.FirstFitEncDecFeatureConverter')
   with pytest.raises(ValueError, match='feature converter'):
     ff.restore(seqio_pipe.state())
   old = {k: v for k, v in seqio_pipe.state().items() if k != 'converter'}
@@ -173,7 +175,7 @@ def test_pipeline_state_names_the_converter(mesh_data8):
   with pytest.raises(ValueError, match='feature converter'):
     ff.restore(old)
   next(ff)
-  resumed = data.InputPipeline('test_packing_state', **kw, state=ff.state(),
+  resumed = pipeline.InputPipeline('test_packing_state', **kw, state=ff.state(),
                                feature_converter_cls=(
                                    packing.FirstFitEncDecFeatureConverter))
   np.testing.assert_array_equal(np.asarray(next(resumed)['encoder_input_tokens']),
@@ -181,11 +183,11 @@ def test_pipeline_state_names_the_converter(mesh_data8):
 
 
 def test_encoder_decoder_model_packing_option():
-  from rosetta import models
-  assert models.EncoderDecoderModel(packing='first_fit').FEATURE_CONVERTER_CLS \
+  from rosetta.model import encoder_decoder_model
+  assert encoder_decoder_model.EncoderDecoderModel(packing='first_fit').FEATURE_CONVERTER_CLS \
       is packing.FirstFitEncDecFeatureConverter
   # Explicit 'seqio' (gin bindings left by other tests may set a default).
-  assert not hasattr(models.EncoderDecoderModel(packing='seqio'),
+  assert not hasattr(encoder_decoder_model.EncoderDecoderModel(packing='seqio'),
                      'FEATURE_CONVERTER_CLS')
   with pytest.raises(ValueError, match='packing'):
-    models.EncoderDecoderModel(packing='best')
+    encoder_decoder_model.EncoderDecoderModel(packing='best')

@@ -8,7 +8,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rosetta import partitioning
-from rosetta.encoder_decoder import EncoderDecoder, T5Config
+from rosetta.model.encoder_decoder import EncoderDecoder, T5Config
 
 TINY = T5Config(vocab_size=128, emb_dim=32, num_heads=4, head_dim=8,
                 mlp_dim=64, num_encoder_layers=1, num_decoder_layers=1,

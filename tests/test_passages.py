@@ -1,4 +1,4 @@
-"""Long documents as token windows (retrieval/passages.py): the windows
+"""Long documents as token windows (retrieval/search/passages.py): the windows
 cover every piece, re-tokenise to their own pieces, the answer window
 holds the answer, and passage search ranks documents exactly as a
 brute-force max over each document's windows."""
@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 import seqio
 
-from retrieval import datasets, pair_tasks, passages, search
+from retrieval import datasets
+from retrieval.dense import pair_tasks
+from retrieval.search import passages
+from retrieval.search import exact as search
 
 WORDS = ('alpha beta gamma delta Haus Katze über 猫 кошка 北京 首都 '
          'retrieval window passage').split()

@@ -1,4 +1,4 @@
-"""tools/plots.py and `rosetta plot`: figures from a real short run of the
+"""rosetta/run/plots.py and `rosetta plot`: figures from a real short run of the
 NMT main job (tiny model, Django strings, 20 steps, evaluation at 10 and
 20), checked against the run's own logs."""
 
@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)  # tools/ is not an installed package
-from tools import plots  # noqa: E402
+from rosetta.run import plots  # noqa: E402
 TINY = ['encoder_decoder.T5Config.vocab_size = 1024',
         'encoder_decoder.T5Config.emb_dim = 64',
         'encoder_decoder.T5Config.mlp_dim = 128',
@@ -26,7 +25,7 @@ TINY = ['encoder_decoder.T5Config.vocab_size = 1024',
         'train.log_period = 5', 'train.eval_period = 10',
         "train.eval_tasks = ['django_translate_en_de']",
         'train.eval_num_examples = 8',
-        'models.EncoderDecoderModel.max_decode_length = 16']
+        'encoder_decoder_model.EncoderDecoderModel.max_decode_length = 16']
 EVAL_TASK = 'django_translate_en_de'
 
 
@@ -177,18 +176,18 @@ def test_errors_name_the_problem(tmp_path):
 @pytest.mark.slow   # end to end; .ci/run runs the slow suite too
 def test_rosetta_plot_cli(run_dir, tmp_path, monkeypatch, capsys):
   """`rosetta plot` (the console script's entry point) from another
-  directory: tools/plots.py is found by path, not by the cwd."""
-  from rosetta import main
+  directory: rosetta/run/plots.py is found by path, not by the cwd."""
+  from rosetta import cli
   monkeypatch.chdir(tmp_path)
   out = str(tmp_path / 'cli' / 'curves.png')
-  assert main.cli(['plot', 'curves', run_dir, '--out', out]) == 0
+  assert cli.main(['plot', 'curves', run_dir, '--out', out]) == 0
   assert capsys.readouterr().out.strip() == out
   assert_png(out, min_width=800)
-  assert main.cli(['plot', 'table', 'nope.json']) == 2
+  assert cli.main(['plot', 'table', 'nope.json']) == 2
   err = capsys.readouterr().err
   assert 'rosetta plot: error:' in err and 'nope.json' in err
   with pytest.raises(SystemExit):
-    main.cli(['plot', 'histogram', run_dir])
+    cli.main(['plot', 'histogram', run_dir])
   assert "invalid choice: 'histogram'" in capsys.readouterr().err
 
 
@@ -213,8 +212,7 @@ def quality_rows():
 
 
 def test_quality_curves_match_the_benchmark_table(tmp_path):
-  sys.path.insert(0, os.path.join(REPO, 'benchmarks'))
-  import nmt_quality
+  from benchmarks import nmt_quality
   rows = quality_rows()
   path = tmp_path / 'results.json'
   path.write_text(json.dumps({'results': rows}))

@@ -13,11 +13,10 @@ import pytest
 from retrieval import datasets
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, 'benchmarks'))
 
-import retrieval_eval  # noqa: E402
-import retrieval_peer  # noqa: E402
-import retrieval_quality  # noqa: E402
+from benchmarks import retrieval_eval  # noqa: E402
+from benchmarks import retrieval_peer  # noqa: E402
+from benchmarks import retrieval_quality  # noqa: E402
 
 
 def test_no_duplicate_batches_never_repeat_a_text():
@@ -79,7 +78,7 @@ def test_vocabulary_text_holds_the_ict_corpora():
 
 
 def test_cpu_budget_bookkeeping():
-  """Rosetta's loop clock comes from `rosetta.runs.train`'s last line, and
+  """Rosetta's loop clock comes from `rosetta.run.runs.train`'s last line, and
   the training table shows each system's CPU s, wall s, steps, examples."""
   text = ('step 450/100000  loss 1.7\nCPU budget of 480 CPU s reached at '
           'step 450 (481.3 CPU s, 903.5 s wall)\n'
@@ -108,7 +107,8 @@ def test_passage_index_finds_what_the_first_window_cannot(tmp_path):
   SentencePiece pieces (an exact-match scorer, so the ranking is known)."""
   import sentencepiece as spm
   from rosetta import vocab as vocab_lib
-  from retrieval import datasets, passages
+  from retrieval import datasets
+  from retrieval.search import passages
   filler = 'alpha beta gamma delta epsilon zeta eta theta'.split()
   text = [' '.join(filler[(i + j) % 8] for j in range(i % 6 + 2))
           for i in range(200)] + ['Katze Hund Maus'] * 5
@@ -147,10 +147,13 @@ def test_passage_index_finds_what_the_first_window_cannot(tmp_path):
 def test_hybrid_rows_tuned_on_training_questions(tmp_path):
   """BM25 + a dense system: the CombSUM weights come from the XQuAD
   TRAINING questions (fusion_weights.json), the hybrid rows' TREC runs are
-  exactly retrieval.fusion over the two systems' test runs. The dense
+  exactly retrieval.search.fusion over the two systems' test runs. The dense
   system is a hashed bag of words (real text, a known weak scorer)."""
   import zlib
-  from retrieval import bm25, fusion, ir_metrics, search
+  from retrieval.search import bm25
+  from retrieval.search import fusion
+  from retrieval.search import ir_metrics
+  from retrieval.search import exact as search
 
   def encode(texts):
     out = np.zeros((len(texts), 256), np.float32)
@@ -173,7 +176,7 @@ def test_hybrid_rows_tuned_on_training_questions(tmp_path):
   w = record['weights']
   assert sum(w) == pytest.approx(1) and len(record['table']) == 21
   assert max(v for _, v in record['table']) >= record['table'][-1][1]
-  # the hybrid TREC runs are retrieval.fusion over the scored test runs
+  # the hybrid TREC runs are retrieval.search.fusion over the scored test runs
   hits = bm25.BM25Index(rs.docs, lang='en').search(rs.queries, 100)
   dense = search.search(search.shard_corpus(encode(rs.docs)),
                         encode(rs.queries), 100)

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from rosetta import run_files
+from rosetta.run import files as run_files
 
 
 def test_atomic_write_replaces_whole_file_and_leaves_no_temp(tmp_path):

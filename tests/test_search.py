@@ -12,7 +12,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from retrieval import search
+from retrieval.search import exact as search
 from rosetta import partitioning
 
 
@@ -193,7 +193,7 @@ def test_blocked_scan_keeps_hubness_corrections(num_devices, mesh_name,
                                                 method):
   """CSLS (a running top-k of raw scores beside the corrected one) and
   inverted softmax give the same ranking in one block and in many."""
-  from retrieval import hubness
+  from retrieval.search import hubness
   rng = np.random.default_rng(5)
   unit = lambda x: (x / np.linalg.norm(x, axis=1, keepdims=True)
                     ).astype(np.float32)

@@ -16,11 +16,18 @@ import pytest
 import seqio
 from flax import nnx
 
-from retrieval import datasets, docids, dsi_embeddings, dsi_tasks
-from retrieval import synthetic_queries as sq
-from rosetta import gin_utils, main, partitioning, runs
-from rosetta.encoder_decoder import EncoderDecoder, T5Config
-from rosetta.models import EncoderDecoderModel
+from retrieval import datasets
+from retrieval.dsi import docids
+from retrieval.dsi import embeddings as dsi_embeddings
+from retrieval.dsi import dsi_tasks
+from retrieval.dsi import query_files
+from retrieval.dsi import synthetic_queries as sq
+from rosetta import gin_utils, partitioning
+from rosetta import cli
+from rosetta.run import run_dir
+from rosetta.run import runs
+from rosetta.model.encoder_decoder import EncoderDecoder, T5Config
+from rosetta.model.encoder_decoder_model import EncoderDecoderModel
 
 pytestmark = pytest.mark.skipif(not datasets.available('xquad'),
                                 reason='no XQuAD under the data directory')
@@ -42,7 +49,7 @@ def train_run(gin_file, bindings, model_dir, mesh):
                                *bindings], finalize=False)
   gin.finalize()
   try:
-    runs.train(mesh=mesh, config_text=main.run_config_text())
+    runs.train(mesh=mesh, config_text=run_dir.run_config_text())
   finally:
     gin.clear_config()
 
@@ -96,8 +103,8 @@ def test_generator_samples_n_queries_per_document(generator, corpus,
   assert len({r['query'] for r in records}) > 15     # samples differ
   assert sq.generate(gen, corpus, seed=0, **kw) == records
   assert sq.generate(gen, corpus, seed=1, **kw) != records
-  path = sq.write_queries(str(tmp_path / 'q.jsonl'), records)
-  assert sq.read_queries(path) == records
+  path = query_files.write_queries(str(tmp_path / 'q.jsonl'), records)
+  assert query_files.read_queries(path) == records
   assert sorted(os.listdir(tmp_path)) == ['q.jsonl']
   with pytest.raises(ValueError, match='no documents in'):
     sq.generate(gen, corpus, languages=['de'], **kw)
@@ -109,37 +116,37 @@ def record(doc, query='what is it?', sample=0):
 
 def test_write_is_all_or_nothing_and_read_checks_fields(tmp_path):
   path = str(tmp_path / 'q.jsonl')
-  sq.write_queries(path, [record('a'), record('b')])
+  query_files.write_queries(path, [record('a'), record('b')])
   before = open(path).read()
 
   def failing():
     yield record('c')
     raise RuntimeError('generator died')
   with pytest.raises(RuntimeError, match='died'):
-    sq.write_queries(path, failing())
+    query_files.write_queries(path, failing())
   with pytest.raises(ValueError, match='record 2: missing field .sample.'):
-    sq.write_queries(path, [record('c'), {'doc': 'd', 'language': 'en',
+    query_files.write_queries(path, [record('c'), {'doc': 'd', 'language': 'en',
                                           'query': 'q'}])
   with pytest.raises(ValueError, match='field "query" is empty'):
-    sq.write_queries(path, [record('c', query='  ')])
+    query_files.write_queries(path, [record('c', query='  ')])
   assert open(path).read() == before
   assert os.listdir(tmp_path) == ['q.jsonl']       # no temp file left
   with open(path, 'a') as f:
     f.write('{"doc": "x", "language": "en", "sample": "1", "query": "q"}\n')
   with pytest.raises(ValueError, match=f'{path}:3: field .sample. must be '
                      'int'):
-    sq.read_queries(path)
+    query_files.read_queries(path)
   with open(path, 'w') as f:
     f.write(json.dumps(record('a')) + '\n{"doc": \n')
   with pytest.raises(ValueError, match=f'{path}:2: not JSON'):
-    sq.read_queries(path)
+    query_files.read_queries(path)
 
 
 def test_synthetic_queries_feed_the_mixture(corpus, tmp_path):
   keys = corpus.doc_keys
   recs = [record(keys[i % 40], f'synthetic question {i} zq', i // 40)
           for i in range(120)]
-  path = sq.write_queries(str(tmp_path / 'q.jsonl'), recs)
+  path = query_files.write_queries(str(tmp_path / 'q.jsonl'), recs)
   s = dsi_tasks.setup(corpus='xquad', docid_kind='atomic',
                       index_languages=['en'], query_languages=['en'],
                       synthetic_queries=path, synthetic_ratio=2.0,

@@ -117,9 +117,9 @@ def test_train_arguments_are_valid_rosetta_gin():
       runs.append((argv[argv.index('--model_dir') + 1],
                    argv[argv.index('--') + 1:]))
   assert len(runs) >= 3
-  code = ('import json, sys; from rosetta import main, gin_utils\n'
+  code = ('import json, sys; from rosetta import cli, gin_utils\n'
           'for argv in json.loads(sys.argv[1]):\n'
-          '  a = main.parse_args(argv)\n'
+          '  a = cli.parse_args(argv)\n'
           '  gin_utils.parse(a.gin_file, a.gin_bindings, finalize=False)\n'
           '  print("parsed", a.gin_file)')
   argvs = [['train', *args, f"--gin.train.model_dir='{model_dir}'",

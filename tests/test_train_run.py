@@ -1,4 +1,4 @@
-"""End-to-end runs of `rosetta.main train` in subprocesses: learning on real
+"""End-to-end runs of `rosetta.cli train` in subprocesses: learning on real
 data, exact resume after kill -9 and SIGTERM, resharded resume, fallback
 from a corrupt checkpoint, and 2 processes x 4 devices vs 1 x 8."""
 
@@ -36,7 +36,7 @@ def env(devices=8):
 
 
 def cmd(model_dir, *extra):
-  return [PY, '-m', 'rosetta.main', 'train', *BASE,
+  return [PY, '-m', 'rosetta', 'train', *BASE,
           f"--gin.train.model_dir='{model_dir}'", *extra]
 
 
@@ -59,7 +59,7 @@ def losses(model_dir):
 
 
 def final_params(model_dir):
-  from rosetta import checkpoints
+  from rosetta.checkpoint import manager as checkpoints
   ckpt = checkpoints.Checkpointer(os.path.join(model_dir, 'checkpoints'),
                                   save_interval_steps=1, read_only=True)
   step = ckpt.latest_step()
@@ -164,9 +164,9 @@ def test_resume_onto_other_mesh_and_corrupt_fallback(tmp_path):
 
 @pytest.mark.slow
 def test_learns_real_data_with_eval_metrics(tmp_path):
-  from rosetta import data
-  if not os.path.exists(os.path.join(data.data_dir(), 'multi30k')):
-    pytest.skip(f'no Multi30k under {data.data_dir()}')
+  from rosetta.data import corpora
+  if not os.path.exists(os.path.join(corpora.data_dir(), 'multi30k')):
+    pytest.skip(f'no Multi30k under {corpora.data_dir()}')
   d = str(tmp_path)
   out = run(d, '--gin_file=experiments/tiny_multi30k_en_de.gin',
             '--gin.train.total_steps=120', '--gin.train.eval_period=60',
@@ -239,7 +239,7 @@ def test_evaluate_and_infer_on_saved_checkpoint(straight, tmp_path):
             "--gin.infer.task_feature_lengths={'inputs': 32, 'targets': 32}"]
   imports = ['--gin_bindings=import translation.example_tasks']
   p = subprocess.run(
-      [PY, '-m', 'rosetta.main', 'evaluate', *common, *imports,
+      [PY, '-m', 'rosetta', 'evaluate', *common, *imports,
        f"--gin.evaluate.model_dir='{straight}'",
        "--gin.evaluate.tasks=['django_translate_en_fr_bytes']",
        '--gin.evaluate.num_examples=16', '--gin.evaluate.batch_size=8'],
@@ -250,7 +250,7 @@ def test_evaluate_and_infer_on_saved_checkpoint(straight, tmp_path):
   assert set(metrics) >= {'bleu', 'chrf'}
   out_path = str(tmp_path / 'predictions.jsonl')
   p = subprocess.run(
-      [PY, '-m', 'rosetta.main', 'infer', *common, *imports,
+      [PY, '-m', 'rosetta', 'infer', *common, *imports,
        f"--gin.infer.model_dir='{straight}'",
        "--gin.infer.task='django_translate_en_fr_bytes'",
        f"--gin.infer.output_path='{out_path}'",
@@ -267,15 +267,15 @@ def test_evaluate_and_infer_on_saved_checkpoint(straight, tmp_path):
 @pytest.mark.slow   # end to end; .ci/run runs the slow suite too
 def test_cli_errors_name_the_binding(tmp_path):
   p = subprocess.run(
-      [PY, '-m', 'rosetta.main', 'train', *BASE,
+      [PY, '-m', 'rosetta', 'train', *BASE,
        '--gin.train.totl_steps=3'], env=env(), cwd=REPO,
       capture_output=True, text=True, timeout=300)
   assert p.returncode != 0 and 'totl_steps' in p.stderr
   p = subprocess.run(
-      [PY, '-m', 'rosetta.main', 'train', *BASE], env=env(), cwd=REPO,
+      [PY, '-m', 'rosetta', 'train', *BASE], env=env(), cwd=REPO,
       capture_output=True, text=True, timeout=300)
   assert p.returncode != 0 and 'model_dir' in p.stderr
-  p = subprocess.run([PY, '-m', 'rosetta.main', '--help'], env=env(),
+  p = subprocess.run([PY, '-m', 'rosetta', '--help'], env=env(),
                      cwd=REPO, capture_output=True, text=True, timeout=300)
   assert p.returncode == 0 and 'evaluate' in p.stdout and '--gin.' in p.stdout
 
@@ -285,11 +285,12 @@ def test_load_run_gives_the_trained_network(straight):
   network carries the newest checkpoint's parameters bit for bit."""
   import jax
   from flax import nnx
-  from rosetta import models, run_loading
+  from rosetta.model import encoder_decoder_model
+  from rosetta.run import loading as run_loading
   run = run_loading.load_run(straight)
   step, params = final_params(straight)
   assert run.step == step == 40
-  assert isinstance(run.model, models.EncoderDecoderModel)
+  assert isinstance(run.model, encoder_decoder_model.EncoderDecoderModel)
   assert run.task == 'django_translate_en_fr_bytes'
   assert run.vocabulary.encode('ab') == [100, 101]   # bytes, offset 3
   assert_trees_equal(nnx.to_pure_dict(nnx.state(run.network, nnx.Param)),
@@ -306,7 +307,7 @@ def test_cpu_budget_stops_training_with_a_restorable_checkpoint(tmp_path):
   """`train.cpu_budget_s`: process CPU seconds since the loop began
   (compile included), checked at log steps; the stop leaves a checkpoint
   that restores (here through `load_run`, the model rebuilt from config)."""
-  from rosetta import run_loading
+  from rosetta.run import loading as run_loading
   d = str(tmp_path)
   out = run(d, '--gin.train.total_steps=100000',
             '--gin.train.checkpoint_period=100000',
@@ -335,7 +336,9 @@ def test_average_checkpoints_is_the_mean_as_a_new_run(straight, tmp_path,
   output refused."""
   import orbax.checkpoint as ocp
   from flax import nnx
-  from rosetta import main, run_loading
+  from rosetta import cli
+  from rosetta.run import run_dir
+  from rosetta.run import loading as run_loading
 
   def raw_state(d, step):
     with ocp.PyTreeCheckpointer() as c:
@@ -344,7 +347,7 @@ def test_average_checkpoints_is_the_mean_as_a_new_run(straight, tmp_path,
   before = sorted(os.listdir(os.path.join(straight, 'checkpoints')))
   assert sorted(committed_steps(straight)) == [32, 36, 40]
   out = str(tmp_path / 'avg')
-  assert main.cli(['average', '--model_dir', straight, '--last', '3',
+  assert cli.main(['average', '--model_dir', straight, '--last', '3',
                    '--output_dir', out]) == 0
   assert 'averaged steps [32, 36, 40]' in capsys.readouterr().out
   assert committed_steps(out) == [40]
@@ -374,7 +377,7 @@ def test_average_checkpoints_is_the_mean_as_a_new_run(straight, tmp_path,
   assert sorted(os.listdir(os.path.join(straight, 'checkpoints'))) == before
   # --steps picks exactly those; an occupied output and bad input refused.
   out2 = str(tmp_path / 'avg2')
-  assert main.cli(['average', '--model_dir', straight, '--steps', '36,40',
+  assert cli.main(['average', '--model_dir', straight, '--steps', '36,40',
                    '--output_dir', out2]) == 0
   capsys.readouterr()
   for argv, message in [
@@ -386,7 +389,7 @@ def test_average_checkpoints_is_the_mean_as_a_new_run(straight, tmp_path,
       (['--steps', '3x', '--output_dir', str(tmp_path / 'x')],
        'expected comma-separated integers'),
       (['--last', '2', '--output_dir', straight], 'is the source run')]:
-    assert main.cli(['average', '--model_dir', straight, *argv]) == 2
+    assert cli.main(['average', '--model_dir', straight, *argv]) == 2
     err = capsys.readouterr().err
     assert 'rosetta average: error:' in err and message in err, err
   assert not os.path.exists(str(tmp_path / 'x'))
@@ -397,14 +400,16 @@ def test_run_config_leaves_out_the_invocations_own_bindings():
   """A restart with another coordinator port, process count or budget is
   the same run; a model change is not."""
   import gin
-  from rosetta import gin_utils, main
+  from rosetta import gin_utils
+  from rosetta import cli
+  from rosetta.run import run_dir
   try:
     gin_utils.parse(['experiments/tiny_django_en_fr.gin'], [
         "distributed.coordinator_address = '127.0.0.1:1234'",
         'distributed.num_processes = 2', 'distributed.process_id = 1',
         'train.stop_after_steps = 3', 'train.time_budget_s = 60.0',
         'train.cpu_budget_s = 30.0', 'train.batch_size = 8'])
-    text = main.run_config_text()
+    text = run_dir.run_config_text()
   finally:
     gin.clear_config()
   assert 'train.batch_size = 8' in text

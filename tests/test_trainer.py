@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from rosetta import models, optimizers, partitioning, trainer
-from rosetta.encoder_decoder import T5Config
+from rosetta import optimizers, partitioning, trainer
+from rosetta.model import encoder_decoder_model
+from rosetta.model.encoder_decoder import T5Config
 
 CFG = T5Config(vocab_size=64, emb_dim=32, num_heads=4, head_dim=8, mlp_dim=64,
                num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.0)
@@ -16,7 +17,7 @@ CFG = T5Config(vocab_size=64, emb_dim=32, num_heads=4, head_dim=8, mlp_dim=64,
 def make_trainer(mesh, name='adafactor', microbatches=1, cfg=CFG):
   sched = optimizers.learning_rate_schedule('constant', 1e-2, 0)
   return trainer.Trainer(
-      models.EncoderDecoderModel(cfg, z_loss=1e-4),
+      encoder_decoder_model.EncoderDecoderModel(cfg, z_loss=1e-4),
       partitioning.Partitioner(mesh),
       optimizers.make_optimizer(name, sched, grad_clip_norm=1.0), sched,
       num_microbatches=microbatches, seed=3)

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from translation import sources
+from rosetta.data import corpora as sources
 
 needs_tatoeba = pytest.mark.skipif(
     not sources.available('tatoeba'),

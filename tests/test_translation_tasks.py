@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import seqio
 
-from rosetta import data
+from rosetta.data import evaluation
+from rosetta.data import pipeline
+from rosetta.data import text_pairs
 from rosetta import vocab as vocab_lib
-from translation import mixtures
-from translation import sources
+from rosetta.data import mixtures
+from rosetta.data import corpora as sources
 from translation import tasks
 
 BYTES = seqio.ByteVocabulary()
@@ -88,7 +90,7 @@ def test_metrics_through_seqio_evaluator(spm):
   """Perfect predictions score 100: the metric fns plug into seqio, and
   decoding reproduces the raw references exactly (identity normalization)."""
   (name,) = tasks.register_translation_tasks(spm, 'django', 'en-de')
-  evaluator = data.make_evaluator(name, 'test', async_compute_metrics=False)
+  evaluator = evaluation.make_evaluator(name, 'test', async_compute_metrics=False)
 
   def predict_fn(ds, model_feature_shapes=None):
     return [(int(i), f['decoder_target_tokens'].tolist())
@@ -161,8 +163,8 @@ def toy_tasks():
   """Three byte tasks whose inputs start with their letter (a, b, c)."""
   for name, n in COUNTS.items():
     letter = name[-1]
-    data.register_text_pair_task(
-        name, data.pairs_source({'train': [(f'{letter}{i}', f'{i}')
+    text_pairs.register_text_pair_task(
+        name, text_pairs.pairs_source({'train': [(f'{letter}{i}', f'{i}')
                                            for i in range(n)]}),
         BYTES, replace=True)
   return sorted(COUNTS)
@@ -241,7 +243,7 @@ def test_annealed_mixture_follows_stream_and_resumes(toy_tasks):
 
   # the trainer's path: packed local batches, rebuilt and skipped on resume
   def batches(skip=0, n=8):
-    ds = data.make_local_dataset(
+    ds = pipeline.make_local_dataset(
         'mix_annealed', split='train', task_feature_lengths={
             'inputs': 16, 'targets': 16}, local_batch_size=4, seed=5)
     return [{k: v.tolist() for k, v in b.items()}
@@ -256,7 +258,7 @@ def test_per_task_seeds_decorrelate_parallel_directions():
   one seed into one order."""
   pairs = [(f's{i}', f't{i}') for i in range(200)]
   for name in ('par_x', 'par_y'):
-    data.register_text_pair_task(name, data.pairs_source({'train': pairs}),
+    text_pairs.register_text_pair_task(name, text_pairs.pairs_source({'train': pairs}),
                                  BYTES, replace=True)
   mix = mixtures.register_temperature_mixture('par_mix', ['par_x', 'par_y'], 1)
 

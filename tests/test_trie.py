@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from retrieval.trie import Trie
+from retrieval.dsi.trie import Trie
 from jax.sharding import PartitionSpec as P
 
-from rosetta import decoding, partitioning
-from rosetta.encoder_decoder import EncoderDecoder, T5Config
-from rosetta.logits_processors import NEG_INF, DecodeState
+from rosetta import partitioning
+from rosetta.decoding import algorithms as decoding
+from rosetta.model.encoder_decoder import EncoderDecoder, T5Config
+from rosetta.decoding.processors import NEG_INF, DecodeState
 
 EOS = 1
 

@@ -1,11 +1,12 @@
-"""bfloat16 candidates + float32 rescoring (`retrieval.verified_search`)
+"""bfloat16 candidates + float32 rescoring (`retrieval.search.verified`)
 equal a brute-force float32 top-k on 1 and 8 devices; the error bound holds;
 queries the bound cannot verify fall back to the float32 search."""
 
 import numpy as np
 import pytest
 
-from retrieval import search, verified_search as vs
+from retrieval.search import exact as search
+from retrieval.search import verified as vs
 
 
 def brute(corpus, queries, k):
@@ -78,7 +79,7 @@ def test_errors_name_the_argument():
 
 
 def test_search_dispatches_a_verified_corpus():
-  from retrieval import hubness
+  from retrieval.search import hubness
   c, q = data(n=500)
   corpus = vs.VerifiedCorpus.build(search.shard_corpus(c))
   got = search.search(corpus, q, 7)

@@ -12,7 +12,7 @@ import seqio
 import tensorflow as tf
 
 from rosetta import vocab
-from translation import sources
+from rosetta.data import corpora as sources
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKEN_LANGS = [l.code for l in sources.LANGUAGES]

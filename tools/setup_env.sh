@@ -6,8 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
-if ! "$PY" -c 'import sys; assert sys.version_info[:2] == (3, 11)' 2>/dev/null; then
-  echo "Rosetta needs Python 3.11 (found $("$PY" --version 2>&1))" >&2
+if ! "$PY" -c 'import sys; assert (3, 11) <= sys.version_info[:2] < (3, 14)' 2>/dev/null; then
+  echo "Rosetta needs Python 3.11-3.13 (found $("$PY" --version 2>&1))" >&2
   exit 1
 fi
 STAMP=.venv/.rosetta-installed

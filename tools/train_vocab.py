@@ -8,7 +8,7 @@ corpus here pairs with it), the same number of distinct sentences per
 language (`--sentences_per_language`, capped by the smallest language),
 chosen by a seeded hash: the same command gives the same file. Reserved
 pieces: pad=0, eos=1, unk=2, then `<2xx>` for every language in
-`--token_languages` (default: all of translation.sources.LANGUAGES, so a
+`--token_languages` (default: all of rosetta.data.corpora.LANGUAGES, so a
 later zero-shot or new direction needs no new vocabulary). Writes
 `spm.model` and `spm.vocab` (the piece list).
 """
@@ -20,11 +20,10 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=g-import-not-at-top
 from rosetta import vocab  # noqa: E402
-from translation import sources  # noqa: E402
+from rosetta.data import corpora as sources  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -46,7 +45,7 @@ def main(argv=None) -> int:
                  "in T5/mT5 (see rosetta.vocab.train_sentencepiece)")
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--data_dir', default=None,
-                 help='corpus folder (default: rosetta.data.data_dir())')
+                 help='corpus folder (default: rosetta.data.pipeline.data_dir())')
   args = p.parse_args(argv)
 
   langs = sorted({sources.language(l).code

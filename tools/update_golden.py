@@ -14,7 +14,7 @@ import jax  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from rosetta import gin_utils, param_structure, partitioning  # noqa: E402
-from rosetta.encoder_decoder import EncoderDecoder, T5Config  # noqa: E402
+from rosetta.model.encoder_decoder import EncoderDecoder, T5Config  # noqa: E402
 
 GOLDEN = os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), 'tests', 'golden')

@@ -10,7 +10,8 @@ BLEU / chrF / off-target metrics) with seqio's ByteVocabulary.
 
 import seqio
 
-from translation import sources, tasks
+from translation import tasks
+from rosetta.data import corpora as sources
 
 _BYTES = seqio.ByteVocabulary()
 

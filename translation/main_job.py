@@ -43,7 +43,7 @@ def parse_args(argv):
 
 def eval_directions(setup, n: int):
   """{'src-tgt': [(source, reference)]} and the zero-shot direction set."""
-  from translation import sources
+  from rosetta.data import corpora as sources
   out, zero_shot = {}, set()
   for src, tgt in setup.directions:
     pairs = sources.direction_splits(setup.corpus, src, tgt)()['test']
@@ -79,12 +79,12 @@ def main(argv=None) -> int:
       f"nmt.setup.corpus = '{args.corpus}'",
       'train.allow_config_change = True',  # a new budget is not a new run
       *args.gin]
-  from rosetta import main as rosetta_main
-  cli = ['train', '--gin_file=experiments/nmt_cpu_small.gin']
-  cli += [f'--gin_file={f}' for f in args.gin_file]
-  cli += [f'--gin_bindings={b}' for b in bindings]
+  from rosetta import cli
+  train_argv = ['train', '--gin_file=experiments/nmt_cpu_small.gin']
+  train_argv += [f'--gin_file={f}' for f in args.gin_file]
+  train_argv += [f'--gin_bindings={b}' for b in bindings]
   t0 = time.time()
-  rosetta_main.cli(cli)
+  cli.main(train_argv)
   print(f'\ntraining took {(time.time() - t0) / 60:.1f} min', flush=True)
 
   from translation import metrics, nmt, translate

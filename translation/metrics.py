@@ -21,11 +21,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.util
-import json
 import os
 from typing import Iterable, Mapping, Sequence
 
 import sacrebleu
+from rosetta.run import files
 
 BLEU_TOKENIZER = {'zh': 'zh', 'ja': 'ja-mecab', 'ko': 'ko-mecab'}
 
@@ -142,11 +142,8 @@ def format_table(results: Sequence[DirectionResult]) -> str:
 
 def write_json(results: Sequence[DirectionResult], path: str) -> str:
   """The table as JSON, written atomically (temp file + rename)."""
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump([dataclasses.asdict(r) for r in results], f, indent=1)
-  os.replace(tmp, path)
-  return path
+  return files.atomic_write_json(
+      path, [dataclasses.asdict(r) for r in results], indent=1)
 
 
 def metric_fn_for(target_lang: str):

@@ -36,7 +36,9 @@ import gin
 import seqio
 
 from rosetta import vocab as vocab_lib
-from translation import mixtures, sources, tasks
+from translation import tasks
+from rosetta.data import mixtures
+from rosetta.data import corpora as sources
 
 
 @dataclasses.dataclass

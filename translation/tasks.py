@@ -41,10 +41,10 @@ from typing import Iterable, Sequence
 import seqio
 import tensorflow as tf
 
-from rosetta import data
+from rosetta.data import text_pairs
 from rosetta import vocab as vocab_lib
 from translation import metrics
-from translation import sources
+from rosetta.data import corpora as sources
 
 Direction = tuple[str, str]
 
@@ -141,7 +141,7 @@ def register_task(name: str, source: seqio.DataSource,
   tag = vocab_lib.language_token(tgt)
   token = vocab_lib.language_token_id(vocabulary, tgt)
   preprocessors = [
-      functools.partial(data.text_pair_to_inputs_targets,
+      functools.partial(text_pairs.text_pair_to_inputs_targets,
                         input_prefix='' if token is not None else tag + ' '),
       seqio.preprocessors.tokenize]
   if token is not None:

@@ -15,11 +15,11 @@ by length for speed; the output keeps the input order, one line per line
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Sequence
 
 import numpy as np
+from rosetta.run import files
 
 
 def parse_args(argv):
@@ -64,21 +64,16 @@ class Translator:
 
   def __init__(self, run_dir: str, step: int | None = None):
     import gin
-    import jax  # noqa: F401
     import seqio
-    from rosetta import gin_utils, models, runs
-    path = os.path.join(run_dir, 'config.gin')
-    if not os.path.exists(path):
-      raise FileNotFoundError(f'{path}: not a run directory of `rosetta '
-                              'train` (no config.gin)')
-    gin_utils.parse([path], finalize=False)
-    runs.task_setup()
+    from rosetta.model import encoder_decoder_model
+    from rosetta.run.run_dir import RunDir
+    run = RunDir(run_dir)
+    run.parse_config()
     task = gin.query_parameter('train.task')
     self.vocabulary = (seqio.get_mixture_or_task(task)
                        .output_features['inputs'].vocabulary)
-    wrapper = models.EncoderDecoderModel()
-    trainer, state, step = runs._restore_for_inference(  # noqa
-        run_dir, wrapper, None, step)
+    wrapper = encoder_decoder_model.EncoderDecoderModel()
+    trainer, state, step = run.restore_for_inference(wrapper, None, step)
     self._attach(trainer, wrapper, state['params'], step)
 
   def _attach(self, trainer, wrapper, params, step):
@@ -171,10 +166,8 @@ def main(argv=None) -> int:
     sys.stdout.write(text)
     sys.stdout.flush()
   else:
-    tmp = f'{args.output}.tmp-{os.getpid()}'
-    with open(tmp, 'w', encoding='utf-8', newline='') as f:
+    with files.atomic_open(args.output, 'w') as f:
       f.write(text)
-    os.replace(tmp, args.output)
   return 0
 
 

@@ -14,9 +14,9 @@
 
 Every step is one or more shell commands, run from the repository root;
 `--dry_run` prints them instead (the exact text that would run; see
-tools/tpu/README.md). `train` starts the same `python -m rosetta.main
+tools/tpu/README.md). `train` starts the same `python -m rosetta
 train` on every worker (`--worker=all`) with
-`--gin.distributed.coordinator_address='auto'`: `rosetta.runs.distributed`
+`--gin.distributed.coordinator_address='auto'`: `rosetta.run.runs.distributed`
 then calls `jax.distributed.initialize()`, which finds the coordinator,
 process count and process id of a TPU slice by itself. Only the Python
 standard library is used, so this runs outside the venv.
@@ -142,7 +142,7 @@ def install_steps(args) -> list[Step]:
 
 
 def train_steps(args) -> list[Step]:
-  """rosetta.main train on every worker, in the background (worker.sh adds
+  """rosetta.cli train on every worker, in the background (worker.sh adds
   train.model_dir and distributed.coordinator_address='auto')."""
   if not any(a.startswith('--gin_file') for a in args.rosetta_args):
     raise SystemExit('tools/tpu train: give the rosetta arguments after '
@@ -189,7 +189,7 @@ STEPS = {'create': create_steps, 'copy': copy_steps,
 
 def parse_args(argv):
   rosetta_args = []
-  if '--' in argv:  # everything after `--` goes to rosetta.main train
+  if '--' in argv:  # everything after `--` goes to rosetta.cli train
     i = argv.index('--')
     argv, rosetta_args = argv[:i], argv[i + 1:]
   common = argparse.ArgumentParser(add_help=False)
@@ -220,7 +220,7 @@ def parse_args(argv):
   cp.add_argument('--git_ref', default='main')
   sub.add_parser('install', parents=[common], help='`tools/tpu/worker.sh '
                  'setup` on every worker (.venv + jax[tpu])')
-  t = sub.add_parser('train', parents=[common], help='start rosetta.main '
+  t = sub.add_parser('train', parents=[common], help='start rosetta.cli '
                      'train on every worker; rosetta arguments after `--`')
   t.add_argument('--model_dir', required=True, help='run directory; on a '
                  'multi-host slice one that every worker shares '

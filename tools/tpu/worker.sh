@@ -3,7 +3,7 @@
 # (`gcloud compute tpus tpu-vm ssh --worker=all --command=...`).
 #
 #   bash tools/tpu/worker.sh setup                      # .venv + jax[tpu]
-#   bash tools/tpu/worker.sh train MODEL_DIR ARGS...    # rosetta.main train, in the background
+#   bash tools/tpu/worker.sh train MODEL_DIR ARGS...    # rosetta.cli train, in the background
 #   bash tools/tpu/worker.sh stop                       # SIGTERM: checkpoint, then exit
 #
 # Logs and the pid go to $ROSETTA_LOG_DIR (default ~/rosetta-logs).
@@ -39,7 +39,7 @@ setup() {
   .venv/bin/python -m pip install --quiet -c constraints.txt -e . "jax[tpu]==$jax"
   # Import only: touching the TPU here would block on a pod slice until
   # every worker does the same.
-  .venv/bin/python -c 'import jax, rosetta.main; print(f"worker ready: jax {jax.__version__}")'
+  .venv/bin/python -c 'import jax, rosetta.cli; print(f"worker ready: jax {jax.__version__}")'
 }
 
 running() { [[ -f $PID_FILE ]] && kill -0 "$(cat "$PID_FILE")" 2>/dev/null; }
@@ -53,7 +53,7 @@ train() {
   fi
   mkdir -p "$LOG_DIR"
   # nohup + redirects: the job outlives the ssh session that started it.
-  nohup .venv/bin/python -m rosetta.main train "$@" \
+  nohup .venv/bin/python -m rosetta train "$@" \
     --gin.train.model_dir="'$model_dir'" \
     --gin.distributed.coordinator_address="'${COORDINATOR_ADDRESS:-auto}'" \
     > "$LOG_DIR/train.log" 2>&1 < /dev/null &
@@ -70,7 +70,7 @@ stop() {
   local pid
   pid=$(cat "$PID_FILE")
   # SIGTERM: the trainer saves a checkpoint and exits (PreemptionGuard in
-  # rosetta/checkpoints.py); the same train command resumes from it.
+  # rosetta/checkpoint/manager.py); the same train command resumes from it.
   kill -TERM "$pid"
   for _ in $(seq 600); do
     kill -0 "$pid" 2>/dev/null || break

@@ -1,0 +1,362 @@
+"""seqio tasks of (query, positive, hard negatives) for dual encoders.
+
+    tatoeba_pairs_en_de   English sentence -> its German translation
+                          (rosetta.data.corpora' Tatoeba hash split: a held-out
+                          English sentence is held out here and in NMT);
+                          train / validation / test; no hard negatives
+    xquad_pairs_de_en     German XQuAD question -> its English paragraph;
+                          hard negatives: the other paragraphs of the same
+                          article. train / test by `retrieval.datasets.
+                          xquad_split(question id)` (70/30, same in every
+                          language), so the test questions of the retrieval
+                          evaluation are never trained on
+    ict_pairs_xquad_de    inverse cloze task on a corpus (`retrieval.dense.ict`):
+    ict_pairs_cranfield   a sentence of a document -> its passage window,
+                          sentence cut out; documents only, no queries;
+                          train split only; no hard negatives
+
+Every task has the same three features (a mixture needs that)::
+
+    queries    int32 [None]         tokens + EOS
+    positives  int32 [None]
+    negatives  int32 [None, None]   ragged, one row per hard negative
+                                    (zero rows for Tatoeba)
+
+plus '*_pretokenized' strings of queries and positives.
+`retrieval.dense.dual_encoder_model.DualEncoderFeatureConverter` pads them into
+model features. `setup` (gin: `task_setup.register_fns =
+[@pair_tasks.setup]`) registers the tasks and their temperature mixture.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Callable, Sequence
+
+import gin
+import seqio
+import tensorflow as tf
+
+from rosetta.data import text_pairs
+from retrieval import datasets
+from retrieval.dense import ict
+from retrieval.search import passages
+from rosetta.data import mixtures
+from rosetta.data import corpora as sources
+
+Example = tuple[str, str, tuple[str, ...]]  # (query, positive, negatives)
+
+
+class PairSource(text_pairs.TextPairSource):
+  """In-memory (query, positive, negatives) examples per split, read on
+  first use; shuffled and sharded like `rosetta.data.pipeline.TextPairSource` (whose
+  `pairs(split)` here returns these triples, so mixtures can count them).
+
+  The whole split is reshuffled every epoch here, so the task needs no
+  shuffle buffer after tokenization (`performs_internal_shuffling`; seqio's
+  default buffer of 1,000 tokenized examples per task made a 33-task
+  mixture tokenize 33,000 examples, ~1 minute on 2 cores, before its first
+  batch)."""
+
+  @property
+  def performs_internal_shuffling(self) -> bool:
+    return True
+
+  def __init__(self, loaders: dict[str, Callable[[], list[Example]]],
+               description: str = ''):
+    def counted(load):
+      def fn(stats: text_pairs.TextPairStats):
+        rows = load()
+        stats.lines = stats.pairs = len(rows)
+        return rows
+      return fn
+    super().__init__({k: counted(v) for k, v in loaders.items()},
+                     description=description)
+
+  def _dataset_fn(self, split: str, shuffle_files: bool,
+                  seed: int | None = None) -> tf.data.Dataset:
+    rows = self.pairs(split)
+    negatives = tf.RaggedTensor.from_row_lengths(
+        tf.constant([n for _, _, negs in rows for n in negs], tf.string),
+        tf.constant([len(negs) for _, _, negs in rows], tf.int64))
+    ds = tf.data.Dataset.from_tensor_slices({
+        'queries': tf.constant([q for q, _, _ in rows], tf.string),
+        'positives': tf.constant([p for _, p, _ in rows], tf.string),
+        'negatives': negatives})
+    if shuffle_files:
+      ds = ds.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True)
+    return ds
+
+
+def tokenize_examples(dataset: tf.data.Dataset, output_features,
+                      sequence_length=None) -> tf.data.Dataset:
+  """Strings -> token ids with each feature's vocabulary (no EOS yet);
+  keeps 'queries_pretokenized' / 'positives_pretokenized'. Negatives are
+  one ragged batch call for SentencePiece; byte vocabularies cannot encode
+  a batch of different lengths, so there they go one string at a time
+  (`tf.map_fn`, slower to trace and to run).
+
+  Feature lengths that name no 'negatives' (a model trained without hard
+  negatives: `DualEncoderFeatureConverter` then reads none) leave every
+  example with zero negatives, untokenized: an XQuAD example carries the
+  article's other paragraphs, whose tokenization took its batched input
+  cost from 0.34 to 0.81 CPU ms."""
+  skip_negatives = (sequence_length is not None
+                    and 'negatives' not in sequence_length)
+
+  def fn(ex):
+    out = {}
+    for key in ('queries', 'positives'):
+      out[f'{key}_pretokenized'] = ex[key]
+      out[key] = output_features[key].vocabulary.encode_tf(ex[key])
+    vocab = output_features['negatives'].vocabulary
+    negs = ex['negatives'][:0] if skip_negatives else ex['negatives']
+    if isinstance(negs, tf.RaggedTensor):   # [:0]: same spec, nothing to do
+      negs = negs.to_tensor()
+    if isinstance(vocab, seqio.SentencePieceVocabulary):
+      out['negatives'] = tf.cast(vocab.encode_tf(negs), tf.int32)
+    else:
+      out['negatives'] = tf.map_fn(
+          vocab.encode_tf, negs,
+          fn_output_signature=tf.RaggedTensorSpec([None], tf.int32,
+                                                  ragged_rank=0))
+    return out
+  return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
+  return {'queries': seqio.Feature(vocabulary, add_eos=True),
+          'positives': seqio.Feature(vocabulary, add_eos=True),
+          'negatives': seqio.Feature(vocabulary, add_eos=True, rank=2)}
+
+
+def register_pair_task(name: str, source: PairSource,
+                       vocabulary: seqio.Vocabulary, *,
+                       replace: bool = True) -> seqio.Task:
+  """A Task over a PairSource: tokenize, then EOS after trimming (a
+  truncated text still ends in EOS, as `make_encode_fn` builds them)."""
+  if replace:
+    seqio.TaskRegistry.remove(name)
+  return seqio.TaskRegistry.add(
+      name, source=source, output_features=output_features(vocabulary),
+      preprocessors=[tokenize_examples,
+                     seqio.preprocessors.append_eos_after_trim],
+      shuffle_buffer_size=None)   # PairSource shuffles the whole split
+
+
+# -------------------------------------------------------------- Tatoeba ---
+
+
+def tatoeba_task_name(lang: str) -> str:
+  return f'tatoeba_pairs_en_{sources.language(lang).code}'
+
+
+def register_tatoeba_pair_task(vocabulary: seqio.Vocabulary, lang: str, *,
+                               root: str | None = None) -> str:
+  """English -> `lang` translation pairs, split as for NMT."""
+  lang = sources.language(lang).code
+  load = sources.direction_splits('tatoeba', 'en', lang, root=root)
+
+  def loader(split):
+    return lambda: [(en, x, ()) for en, x in load()[split]]
+  name = tatoeba_task_name(lang)
+  register_pair_task(name, PairSource(
+      {s: loader(s) for s in ('train', 'validation', 'test')},
+      description=f'tatoeba en->{lang} pairs'), vocabulary)
+  return name
+
+
+# ---------------------------------------------------------------- XQuAD ---
+
+
+def xquad_task_name(query_lang: str, doc_lang: str) -> str:
+  return f'xquad_pairs_{query_lang}_{doc_lang}'
+
+
+def _article(pid: str) -> str:
+  """'<lang>:<title>_p<j>' (retrieval.datasets' paragraph id) -> title."""
+  return pid.split(':', 1)[1].rsplit('_p', 1)[0]
+
+
+def _stable_order(key: str, items: Sequence[str]) -> list[str]:
+  """A fixed pseudo-random order of `items` for `key` (which hard negatives
+  come first, when a converter keeps fewer than there are)."""
+  return sorted(items, key=lambda s: hashlib.md5(
+      f'{key}\t{s}'.encode('utf-8')).hexdigest())
+
+
+def xquad_examples(query_lang: str, doc_lang: str, split: str,
+                   passage: tuple[seqio.Vocabulary, int] | None = None
+                   ) -> list[Example]:
+  """Questions of `split` -> (question, paragraph, other paragraphs of the
+  same article, in a fixed per-question order).
+
+  passage=(vocabulary, tokens): the positive is not the whole paragraph
+  but its window of `tokens` pieces (`retrieval.search.passages`, stride half of
+  it) that holds the question's answer in `doc_lang`: an encoder trained
+  on 96 tokens would otherwise see the answer of ~70% of the questions cut
+  off, and a passage index (MaxP) searches those same windows."""
+  rs = datasets.xquad(query_lang, corpus=doc_lang, split=split)
+  text = dict(zip(rs.doc_ids, rs.docs))
+  by_article: dict[str, list[str]] = {}
+  for pid in rs.doc_ids:
+    by_article.setdefault(_article(pid), []).append(pid)
+  answer = ({qid: a for par in datasets.xquad_paragraphs(doc_lang)
+             for qid, a in zip(par.question_ids, par.answers)}
+            if passage else {})
+  wins: dict[str, list] = {}        # a paragraph's windows, cut once
+  out = []
+  for qid, question in zip(rs.query_ids, rs.queries):
+    (pos,) = [d for d, g in rs.qrels[qid].items() if g > 0]
+    others = [d for d in by_article[_article(pos)] if d != pos]
+    positive = text[pos]
+    if passage:
+      if pos not in wins:
+        wins[pos] = passages.windows(positive, passage[0], passage[1])
+      start, ans = answer[qid]
+      positive = passages.best_window(wins[pos], start, start + len(ans),
+                                      len(positive))
+    out.append((question, positive,
+                tuple(text[d] for d in _stable_order(qid, others))))
+  return out
+
+
+def register_xquad_pair_task(vocabulary: seqio.Vocabulary, query_lang: str,
+                             doc_lang: str,
+                             passage_tokens: int | None = None) -> str:
+  for lang in (query_lang, doc_lang):
+    if lang not in datasets.XQUAD_LANGUAGES:
+      raise ValueError(f'XQuAD has no language {lang!r}; known: '
+                       f'{datasets.XQUAD_LANGUAGES}')
+  if passage_tokens is not None and not isinstance(
+      vocabulary, seqio.SentencePieceVocabulary):
+    raise ValueError('pair_tasks.setup.xquad_passage_tokens needs a '
+                     'SentencePiece vocabulary (windows are cut on its '
+                     f'pieces), got {type(vocabulary).__name__}')
+  passage = None if passage_tokens is None else (vocabulary, passage_tokens)
+  name = xquad_task_name(query_lang, doc_lang)
+  register_pair_task(name, PairSource(
+      {s: (lambda s=s: xquad_examples(query_lang, doc_lang, s, passage))
+       for s in ('train', 'test')},
+      description=f'xquad {query_lang} questions -> {doc_lang} ' + (
+          'paragraphs' if passage is None else
+          f'answer windows of {passage_tokens} tokens')),
+      vocabulary)
+  return name
+
+
+# ------------------------------------------------------------------ ICT ---
+
+
+def ict_task_name(corpus: str) -> str:
+  return 'ict_pairs_' + corpus.replace('-', '_')
+
+
+def ict_corpus_language(corpus: str) -> str:
+  """'xquad-<lang>' -> lang, 'cranfield' -> 'en'; anything else an error."""
+  if corpus == 'cranfield':
+    return 'en'
+  name, _, lang = corpus.partition('-')
+  if name == 'xquad' and lang in datasets.XQUAD_LANGUAGES:
+    return lang
+  raise ValueError(f'ICT corpus {corpus!r}: expected "cranfield" or '
+                   f'"xquad-<lang>" with lang in {datasets.XQUAD_LANGUAGES}')
+
+
+def corpus_documents(corpus: str) -> list[str]:
+  """The documents of an ICT corpus: an XQuAD language's 240 paragraphs,
+  or Cranfield's 1,400 abstracts."""
+  lang = ict_corpus_language(corpus)
+  if corpus == 'cranfield':
+    return list(datasets.cranfield().docs)
+  return [p.context for p in datasets.xquad_paragraphs(lang)]
+
+
+def register_ict_task(vocabulary: seqio.Vocabulary, corpus: str,
+                      passage_tokens: int, keep_rate: float = 0.1) -> str:
+  if not isinstance(vocabulary, seqio.SentencePieceVocabulary):
+    raise ValueError('pair_tasks.setup.ict_corpora needs a SentencePiece '
+                     'vocabulary (windows are cut on its pieces), got '
+                     f'{type(vocabulary).__name__}')
+  lang = ict_corpus_language(corpus)
+  ict.check_keep_rate(keep_rate)      # now, not at the first batch
+
+  def load():
+    return ict.examples(corpus_documents(corpus), vocabulary,
+                        passage_tokens, lang=lang, keep_rate=keep_rate,
+                        key=corpus)
+  name = ict_task_name(corpus)
+  register_pair_task(name, PairSource(
+      {'train': load}, description=f'ICT on {corpus}: sentence -> its '
+      f'window of {passage_tokens} tokens'), vocabulary)
+  return name
+
+
+# ---------------------------------------------------------------- setup ---
+
+
+def vocabulary_from(spec: str | seqio.Vocabulary) -> seqio.Vocabulary:
+  """'bytes' -> seqio.ByteVocabulary(); a path -> its SentencePiece model
+  (e.g. T5's 'gs://t5-data/vocabs/cc_all.32000/sentencepiece.model')."""
+  if isinstance(spec, seqio.Vocabulary):
+    return spec
+  if spec == 'bytes':
+    return seqio.ByteVocabulary()
+  if not tf.io.gfile.exists(spec):
+    raise FileNotFoundError(f'pair_tasks vocabulary: no file {spec!r} '
+                            "(give 'bytes' or a SentencePiece model path)")
+  return seqio.SentencePieceVocabulary(spec)
+
+
+def parse_pairs(specs: Sequence[str]) -> list[tuple[str, str]]:
+  """['de-en', 'en-en'] -> [('de', 'en'), ('en', 'en')]."""
+  out = []
+  for spec in specs:
+    parts = spec.split('-')
+    if len(parts) != 2 or not all(parts):
+      raise ValueError(f'xquad pair {spec!r}: expected "query-doc", e.g. '
+                       '"de-en"')
+    out.append((parts[0], parts[1]))
+  return out
+
+
+@gin.configurable
+def setup(vocabulary: str | seqio.Vocabulary = 'bytes',
+          tatoeba_languages: Sequence[str] = ('de', 'fr', 'es'),
+          xquad_pairs: Sequence[str] = ('en-en', 'de-de', 'de-en'),
+          mixture: str = 'retrieval_pairs', temperature: float = 2.0,
+          root: str | None = None,
+          xquad_passage_tokens: int | None = None,
+          ict_corpora: Sequence[str] = (),
+          ict_passage_tokens: int | None = None,
+          ict_keep_rate: float = 0.1) -> list[str]:
+  """Registers Tatoeba and XQuAD pair tasks and the temperature mixture
+  `mixture` over them (rate n^(1/T), each task shuffled with its own seed).
+  Returns the task names. Tatoeba languages missing from the data
+  directory are an error, not skipped. xquad_passage_tokens: XQuAD
+  positives are the paragraph's window of that many pieces holding the
+  answer (`xquad_examples`), e.g. the positives' length minus EOS.
+  ict_corpora: inverse-cloze tasks on these corpora ('xquad-<lang>',
+  'cranfield'; `register_ict_task`), windows of ict_passage_tokens pieces
+  (default xquad_passage_tokens), the sentence kept with ict_keep_rate."""
+  vocab = vocabulary_from(vocabulary)
+  names = [register_tatoeba_pair_task(vocab, l, root=root)
+           for l in tatoeba_languages]
+  if xquad_passage_tokens is not None:
+    passages.check_window(xquad_passage_tokens, None)
+  names += [register_xquad_pair_task(vocab, q, d, xquad_passage_tokens)
+            for q, d in parse_pairs(xquad_pairs)]
+  if ict_corpora:
+    length = (xquad_passage_tokens if ict_passage_tokens is None
+              else ict_passage_tokens)
+    if length is None:
+      raise ValueError('pair_tasks.setup.ict_corpora needs '
+                       'ict_passage_tokens (or xquad_passage_tokens)')
+    passages.check_window(length, None)
+    names += [register_ict_task(vocab, c, length, ict_keep_rate)
+              for c in ict_corpora]
+  if not names:
+    raise ValueError('pair_tasks.setup: no tatoeba_languages, xquad_pairs '
+                     'or ict_corpora: nothing to train on')
+  mixtures.register_temperature_mixture(mixture, names, temperature)
+  return names

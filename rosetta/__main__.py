@@ -1,0 +1,7 @@
+"""`python -m rosetta ...`: the `rosetta` command."""
+
+import sys
+
+from rosetta import cli
+
+sys.exit(cli.main())

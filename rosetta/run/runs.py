@@ -1,0 +1,377 @@
+"""The three run types: train / evaluate / infer (gin-configurable).
+
+They are started by `rosetta.cli` (the CLI); this module holds the
+configurables so that `python -m rosetta` does not register them twice.
+
+
+See `rosetta/cli.py` for the command line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+# Before JAX starts: multi-host runs on CPU need gloo collectives.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+import gin  # noqa: E402
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+# Imported up front: gin locks its registry once parsing is finalised, and
+# these modules register configurables.
+from rosetta import optimizers, partitioning  # noqa: E402
+from rosetta.checkpoint import manager as checkpoints  # noqa: E402
+from rosetta.data import evaluation
+from rosetta.data import pipeline  # noqa: E402
+from rosetta.run import files as run_files  # noqa: E402
+from rosetta.run.run_dir import RunDir, task_setup  # noqa: E402
+from rosetta.run import progress as run_logging  # noqa: E402
+from rosetta import trainer as trainer_lib  # noqa: E402
+
+
+@gin.configurable
+def distributed(coordinator_address: str | None = None,
+                num_processes: int | None = None,
+                process_id: int | None = None,
+                cpu_collectives: str = 'gloo'):
+  """Initialises JAX's multi-controller runtime when configured.
+
+  On TPU pods and most GPU clusters `jax.distributed.initialize()` finds
+  everything itself: set `distributed.coordinator_address = 'auto'`. For
+  CPU hosts (and tests), name the coordinator, process count and id.
+  """
+  if coordinator_address is None:
+    return
+  if cpu_collectives:
+    jax.config.update('jax_cpu_collectives_implementation', cpu_collectives)
+  if coordinator_address == 'auto':
+    jax.distributed.initialize()
+  else:
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes,
+                               process_id=process_id)
+  # Not in config.gin (main.run_config_text leaves the topology out): log it.
+  _log(f'jax.distributed: coordinator {coordinator_address}, '
+       f'{jax.process_count()} process(es)')
+
+
+def _feature_converter_cls(model):
+  """The model wrapper's feature converter class (t5x's
+  FEATURE_CONVERTER_CLS), or None for seqio's EncDecFeatureConverter."""
+  return getattr(model, 'FEATURE_CONVERTER_CLS', None)
+
+
+def _eval_converter(model):
+  cls = _feature_converter_cls(model)
+  return None if cls is None else cls(pack=False)
+
+
+def _log_metrics(appender: run_files.JsonlAppender, record: dict):
+  if jax.process_index() == 0:
+    appender.append(record)
+
+
+def _log(msg: str):
+  if jax.process_index() == 0:
+    print(msg, flush=True)
+
+
+def _host_scalars(metrics) -> dict[str, float]:
+  return {k: float(v) for k, v in metrics.items()}
+
+
+def _run_evaluators(evaluators, trainer, state, batch_size, step, logger):
+  """seqio Evaluator per task: predictions (decoding) + scores -> metrics."""
+  if not evaluators:
+    return {}
+  network = trainer.network(state['params'])
+  part = trainer.partitioner
+
+  def predict_batch(features):
+    with part.activate():
+      return trainer.model.predict_batch(network, features)
+
+  def score_batch(features):
+    with part.activate():
+      return trainer.model.score_batch(network, features)
+
+  results = {}
+  for evaluator in evaluators:
+    metrics, _ = evaluator.evaluate(
+        compute_metrics=True, step=step,
+        predict_fn=evaluation.make_predict_fn(predict_batch,
+                                        global_batch_size=batch_size,
+                                        partitioner=part),
+        score_fn=evaluation.make_score_fn(score_batch, global_batch_size=batch_size,
+                                    partitioner=part))
+    for task, values in metrics.result().items():
+      flat = {k: float(getattr(v, 'value', v)) for k, v in values.items()}
+      results[task] = flat
+      logger.eval_report(step, f'eval/{task}', flat)
+  return results
+
+
+@gin.configurable(denylist=['config_text'])
+def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
+          task_feature_lengths: dict = gin.REQUIRED,
+          batch_size: int = gin.REQUIRED, total_steps: int = gin.REQUIRED,
+          model=gin.REQUIRED, optimizer=gin.REQUIRED, schedule=None,
+          mesh=None, split: str = 'train', seed: int = 0, pack: bool = True,
+          shuffle: bool = True, length_buckets: list | None = None,
+          num_microbatches: int = 1,
+          checkpoint_period: int = 1000, keep_last: int | None = 3,
+          keep_every: int | None = None, async_checkpoint: bool = True,
+          log_period: int = 10, eval_period: int = 0,
+          eval_tasks: list | None = None, eval_split: str = 'validation',
+          eval_batch_size: int | None = None,
+          eval_num_examples: int | None = None,
+          eval_loss_batches: int = 2, peak_flops: float | None = None,
+          init_from_hf: str | None = None, stop_after_steps: int | None = None,
+          allow_config_change: bool = False,
+          time_budget_s: float | None = None,
+          cpu_budget_s: float | None = None,
+          checkpoint_input_iterator: bool = True, config_text: str = ''):
+  """Trains `model` on a seqio task or mixture until `total_steps`.
+
+  Resumes from the newest good checkpoint in `model_dir` (parameters,
+  optimizer, step and the input pipeline's position), so a killed or
+  preempted run continues exactly where it stopped. Per-step metrics go to
+  `model_dir/train_metrics.jsonl` and TensorBoard (`model_dir/tb`).
+  `stop_after_steps` ends this invocation early (for staged runs);
+  `time_budget_s` ends it after that many seconds of this invocation
+  (checked at log steps; all processes follow process 0's clock), with a
+  checkpoint, so the same command continues later. `cpu_budget_s` does the
+  same after that many process CPU seconds (`time.process_time()`: every
+  thread of this process, XLA's, tf.data's and checkpointing included;
+  time spent waiting for a core held by other jobs, or stopped, does not
+  count) since this invocation's training loop began (compiling included).
+  The resolved gin config is written to `model_dir/config.gin`; resuming
+  with a different config is refused (with a diff) unless
+  `allow_config_change` (then the old file is kept with a timestamp).
+  `checkpoint_input_iterator` writes each process's tf.data iterator state
+  into every checkpoint, so a resume deep into a run does not replay the
+  stream (`rosetta/data/iterator_state.py`; a few MB per process with
+  seqio's shuffle buffers). `length_buckets` (`rosetta/data/length_buckets.py`),
+  e.g. `[{'positive_tokens': 32}]`: training batches of a few shapes,
+  padded to their bucket's lengths (unpacked data of mixed lengths).
+  """
+  task_setup()
+  run = RunDir(model_dir).create()
+  if config_text:  # every process compares, process 0 writes
+    run.write_config(config_text, allow_change=allow_config_change)
+  mesh = mesh if mesh is not None else partitioning.make_mesh()
+  part = partitioning.Partitioner(mesh)
+  converter_cls = _feature_converter_cls(model)
+  tr = trainer_lib.Trainer(model, part, optimizer, schedule,
+                           num_microbatches=num_microbatches, seed=seed)
+  ckpt = run.checkpointer(
+      save_interval_steps=checkpoint_period, keep_last=keep_last,
+      keep_every=keep_every, async_save=async_checkpoint)
+  restored = ckpt.restore(tr.abstract_state)
+  if restored is not None:
+    start_step, state, data_state = restored
+    iterator_state = ckpt.iterator_checkpoint(start_step)
+    _log(f'resumed from step {start_step} in {model_dir}')
+  else:
+    data_state = iterator_state = None
+    if init_from_hf:
+      from rosetta.checkpoint import hf as checkpoint_import
+      # A wrapper whose network is not an EncoderDecoder (a dual encoder)
+      # names its own importer.
+      importer = getattr(model, 'import_hf_checkpoint',
+                         checkpoint_import.import_hf_checkpoint)
+      state = tr.state_from_network(importer(init_from_hf, partitioner=part))
+    else:
+      state = tr.init_state()
+    start_step = 0
+  train_input = pipeline.InputPipeline(
+      task, split=split, task_feature_lengths=task_feature_lengths,
+      global_batch_size=batch_size, partitioner=part, seed=seed,
+      shuffle=shuffle, pack=pack, state=data_state,
+      feature_converter_cls=converter_cls, iterator_checkpoint=iterator_state,
+      length_buckets=length_buckets)
+  saver = train_input.save_iterator if checkpoint_input_iterator else None
+  if length_buckets is not None:
+    shares = train_input.bucket_shares
+    _log(f'input: length buckets {length_buckets} + the full lengths, '
+         + ('each batch as its bucket fills' if shares is None else
+            f'shares of steps {np.round(shares, 3).tolist()}'))
+  if start_step:
+    t0 = time.time()
+    how = train_input.start()
+    _log(f'input: resumed after batch '
+         f'{train_input.state()["batches_consumed"]} by {how} '
+         f'({time.time() - t0:.2f} s)')
+
+  def save(force=False):
+    return ckpt.save(step, state, train_input.state(), force=force,
+                     iterator_saver=saver)
+
+  eval_names = list(eval_tasks) if eval_tasks is not None else (
+      [task] if eval_period else [])
+  evaluators = [evaluation.make_evaluator(
+      name, eval_split, num_examples=eval_num_examples,
+      task_feature_lengths=task_feature_lengths,
+      feature_converter=_eval_converter(model),
+      async_compute_metrics=False) for name in eval_names]
+  eval_bs = eval_batch_size or batch_size
+  flops = trainer_lib.FlopsCounter.for_params(state['params'])
+  logger = run_logging.RunLogger(
+      run.tensorboard_path, total_steps, start_step,
+      peak_flops=peak_flops, flops_per_token=flops.flops(1.0))
+  metrics_log = run_files.JsonlAppender(run.train_metrics_path)
+  _log(f'training {task} for {total_steps} steps on mesh '
+       f'{dict(mesh.shape)} ({jax.process_count()} process(es)); '
+       f'{flops.num_params / 1e6:.2f}M parameters')
+
+  def eval_loss(state):
+    pipe = pipeline.InputPipeline(
+        task, split=eval_split, task_feature_lengths=task_feature_lengths,
+        global_batch_size=eval_bs, partitioner=part, seed=seed,
+        shuffle=False, pack=pack, feature_converter_cls=converter_cls)
+    sums = None
+    for _ in range(eval_loss_batches):
+      m = tr.eval_step(state, next(pipe))
+      sums = m if sums is None else jax.tree.map(lambda a, b: a + b, sums, m)
+    tokens = max(float(sums['num_tokens']), 1.0)
+    return {'loss': float(sums['loss_sum']) / tokens,
+            'accuracy': float(sums['correct']) / tokens}
+
+  step = start_step
+  end = total_steps if stop_after_steps is None else min(
+      total_steps, start_step + stop_after_steps)
+  tokens_since = 0.0
+  pending = []
+  started, cpu_started = time.time(), time.process_time()
+
+  def over_budget() -> tuple[bool, bool]:
+    """(wall budget passed, CPU budget passed), process 0's verdict."""
+    if time_budget_s is None and cpu_budget_s is None:
+      return False, False
+    over = np.array([
+        time_budget_s is not None and time.time() - started > time_budget_s,
+        cpu_budget_s is not None
+        and time.process_time() - cpu_started > cpu_budget_s])
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      over = multihost_utils.broadcast_one_to_all(over)
+    return bool(over[0]), bool(over[1])
+
+  with checkpoints.PreemptionGuard() as guard:
+    while step < end:
+      batch = next(train_input)
+      state, metrics = tr.train_step(state, batch)
+      step += 1
+      pending.append((step, metrics))
+      if step % log_period == 0 or step == end:
+        for s, m in pending:  # host transfer only here, not every step
+          host = _host_scalars(m)
+          tokens_since += host['num_tokens']
+          _log_metrics(metrics_log, {'step': s, **host})
+        logger.train_report(step, host, tokens_since)
+        tokens_since, pending = 0.0, []
+        over_wall, over_cpu = over_budget()
+        if over_wall:
+          _log(f'time budget of {time_budget_s:.0f}s reached at step {step}')
+        if over_cpu:
+          _log(f'CPU budget of {cpu_budget_s:g} CPU s reached at step {step} '
+               f'({time.process_time() - cpu_started:.1f} CPU s, '
+               f'{time.time() - started:.1f} s wall)')
+        if over_wall or over_cpu:
+          end = step
+      save()
+      if eval_period and step % eval_period == 0:
+        logger.eval_report(step, 'validation', eval_loss(state))
+        _run_evaluators(evaluators, tr, state, eval_bs, step, logger)
+        logger.reset_timer(step)
+      if guard.should_stop(step):
+        for s, m in pending:
+          _log_metrics(metrics_log, {'step': s, **_host_scalars(m)})
+        pending = []
+        save(force=True)
+        ckpt.wait()
+        _log(f'preempted: saved step {step}, exiting')
+        ckpt.close()
+        logger.close()
+        return state
+  loop_cpu, loop_wall = time.process_time() - cpu_started, time.time() - started
+  save(force=True)
+  ckpt.wait()
+  ckpt.close()
+  if eval_period and step % eval_period != 0:
+    logger.eval_report(step, 'validation', eval_loss(state))
+    _run_evaluators(evaluators, tr, state, eval_bs, step, logger)
+  logger.close()
+  _log(f'done: step {step} (training loop: {loop_cpu:.1f} CPU s, '
+       f'{loop_wall:.1f} s wall)')
+  return state
+
+
+@gin.configurable
+def evaluate(*, model_dir: str = gin.REQUIRED, tasks: list = gin.REQUIRED,
+             model=gin.REQUIRED, split: str = 'validation',
+             batch_size: int = 32, task_feature_lengths: dict | None = None,
+             num_examples: int | None = None, mesh=None,
+             step: int | None = None):
+  """Runs each task's seqio metrics on a saved checkpoint; writes
+  `model_dir/eval_<split>_<step>.json` atomically and returns the metrics."""
+  task_setup()
+  run = RunDir(model_dir)
+  tr, state, step = run.restore_for_inference(model, mesh, step)
+  evaluators = [evaluation.make_evaluator(
+      t, split, task_feature_lengths=task_feature_lengths,
+      feature_converter=_eval_converter(model),
+      num_examples=num_examples, async_compute_metrics=False) for t in tasks]
+  logger = run_logging.RunLogger(run.tensorboard_path, step, step,
+                                 progress_bar=False)
+  results = _run_evaluators(evaluators, tr, state, batch_size, step, logger)
+  logger.close()
+  run_files.atomic_write_text(
+      run.file(f'eval_{split}_{step}.json'),
+      json.dumps({'step': step, 'split': split, 'metrics': results},
+                 indent=1))
+  return results
+
+
+@gin.configurable
+def infer(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
+          model=gin.REQUIRED, output_path: str = gin.REQUIRED,
+          split: str = 'validation', batch_size: int = 32,
+          task_feature_lengths: dict | None = None,
+          num_examples: int | None = None, mesh=None,
+          step: int | None = None):
+  """Decodes a task split with a saved checkpoint; writes JSONL (input,
+  prediction, target per line, in dataset order) atomically."""
+  task_setup()
+  import seqio
+  tr, state, step = RunDir(model_dir).restore_for_inference(
+      model, mesh, step)
+  task_obj = seqio.get_mixture_or_task(task)
+  evaluator = evaluation.make_evaluator(task, split,
+                                  task_feature_lengths=task_feature_lengths,
+                                  feature_converter=_eval_converter(model),
+                                  num_examples=num_examples,
+                                  async_compute_metrics=False)
+  network = tr.network(state['params'])
+
+  def predict_batch(features):
+    with tr.partitioner.activate():
+      return tr.model.predict_batch(network, features)
+  predict_fn = evaluation.make_predict_fn(predict_batch,
+                                    global_batch_size=batch_size,
+                                    partitioner=tr.partitioner)
+  dataset = evaluator.cached_model_datasets[task_obj.name]  # (index, feats)
+  predictions = dict(predict_fn(dataset))
+  vocab = task_obj.output_features['targets'].vocabulary
+  examples = evaluator.cached_task_datasets[task_obj.name]
+  records = []
+  for i, ex in enumerate(examples.as_numpy_iterator()):
+    records.append({
+        'index': i,
+        'input': ex.get('inputs_pretokenized', b'').decode('utf-8'),
+        'target': ex.get('targets_pretokenized', b'').decode('utf-8'),
+        'prediction': vocab.decode(list(predictions[i]))})
+  return run_files.write_jsonl_atomically(output_path, records)
