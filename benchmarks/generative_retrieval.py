@@ -206,7 +206,7 @@ def train(gin_file: str, bindings: list[str], model_dir: str,
 
 
 def last_step(model_dir: str) -> int:
-  with open(os.path.join(model_dir, 'train_metrics.jsonl')) as f:
+  with open(RunDir(model_dir).train_metrics_path) as f:
     return json.loads(f.readlines()[-1])['step']
 
 

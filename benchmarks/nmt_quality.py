@@ -250,8 +250,10 @@ class RosettaSystem:
                             self.trainer.param_shardings)
     tr = translate.Translator.from_params(self.trainer, self.wrapper, params,
                                           self.vocabulary)
-    return tr.translate(lines, tgt, beam_size=beam, alpha=alpha,
-                        length_penalty='hf', max_length=max_length)
+    from rosetta.decoding.algorithms import DecodeOptions
+    options = DecodeOptions(num_beams=beam, alpha=alpha, length_penalty='hf',
+                            max_decode_length=max_length)
+    return tr.translate(lines, tgt, options=options)
 
   def close(self):
     pass

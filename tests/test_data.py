@@ -96,7 +96,7 @@ def fr_task(fr_pairs):
   return 'test_django_en_fr'
 
 
-def pipeline(task, mesh, **kw):
+def make_pipeline(task, mesh, **kw):
   args = dict(split='train', task_feature_lengths=LENGTHS,
               global_batch_size=8, partitioner=mesh, seed=0, shuffle=True,
               pack=True)
@@ -130,10 +130,10 @@ def test_task_keeps_pretokenized_text_and_prefix(fr_task, fr_pairs):
 
 
 def test_global_batch_sharding_and_content(toy_task, mesh_data4_model2):
-  pipe = pipeline(toy_task, mesh_data4_model2, shuffle=False,
+  pipe = make_pipeline(toy_task, mesh_data4_model2, shuffle=False,
                   task_feature_lengths=TOY_LENGTHS)
   batch = next(pipe)
-  local = next(pipeline(toy_task, mesh_data4_model2, shuffle=False,
+  local = next(make_pipeline(toy_task, mesh_data4_model2, shuffle=False,
                         task_feature_lengths=TOY_LENGTHS
                         ).local_dataset().as_numpy_iterator())
   expected = NamedSharding(mesh_data4_model2, P(('data', 'fsdp'), None))
@@ -156,17 +156,17 @@ def test_batch_size_validation_names_the_field(toy_task, mesh_data4_model2,
                                                mesh_data2_fsdp2_model2):
   with pytest.raises(ValueError, match=r'global_batch_size=6 .*data-parallel '
                      r'size 4'):
-    pipeline(toy_task, mesh_data4_model2, global_batch_size=6)
+    make_pipeline(toy_task, mesh_data4_model2, global_batch_size=6)
   with pytest.raises(ValueError, match=r"global_batch_size=2 .*\('data', "
                      r"'fsdp'\)"):
-    pipeline(toy_task, mesh_data2_fsdp2_model2, global_batch_size=2)
+    make_pipeline(toy_task, mesh_data2_fsdp2_model2, global_batch_size=2)
 
 
 # ------------------------------------------------- determinism, resume ---
 
 
 def test_same_seed_same_batches_other_seed_differs(fr_task, mesh_data8):
-  a, b, c = (pipeline(fr_task, mesh_data8, seed=s) for s in (7, 7, 8))
+  a, b, c = (make_pipeline(fr_task, mesh_data8, seed=s) for s in (7, 7, 8))
   batches_a = [host(next(a)) for _ in range(3)]
   batches_b = [host(next(b)) for _ in range(3)]
   batches_c = [host(next(c)) for _ in range(3)]
@@ -178,14 +178,14 @@ def test_same_seed_same_batches_other_seed_differs(fr_task, mesh_data8):
 
 
 def test_resume_is_byte_identical(fr_task, mesh_data4_model2):
-  a = pipeline(fr_task, mesh_data4_model2, seed=3)
+  a = make_pipeline(fr_task, mesh_data4_model2, seed=3)
   stream = [host(next(a)) for _ in range(2)]
   saved = json.loads(json.dumps(a.state()))   # as a checkpoint would
   stream += [host(next(a)) for _ in range(5)]  # crosses epoch boundaries
   assert saved['batches_consumed'] == 2 and saved['seed'] == 3
   assert saved['task'] == fr_task
 
-  b = pipeline(fr_task, mesh_data4_model2, seed=3, state=saved)
+  b = make_pipeline(fr_task, mesh_data4_model2, seed=3, state=saved)
   for expected in stream[2:]:
     got = host(next(b))
     for k in expected:
@@ -197,7 +197,7 @@ def test_resume_is_byte_identical(fr_task, mesh_data4_model2):
 
 
 def test_restore_refuses_another_stream(fr_task, mesh_data8):
-  pipe = pipeline(fr_task, mesh_data8, seed=0)
+  pipe = make_pipeline(fr_task, mesh_data8, seed=0)
   state = pipe.state()
   with pytest.raises(ValueError, match=r'seed=1 .* seed=0'):
     pipe.restore({**state, 'seed': 1})
@@ -288,7 +288,7 @@ def test_multi30k_en_de_batches(mesh_data4_model2):
     first_de = f.readline().strip()
   assert source.pairs('train')[0][1] == first_de
   lengths = {'inputs': 128, 'targets': 128}
-  pipe = pipeline('test_multi30k_en_de', mesh_data4_model2,
+  pipe = make_pipeline('test_multi30k_en_de', mesh_data4_model2,
                   task_feature_lengths=lengths)
   for _ in range(2):
     batch = host(next(pipe))
@@ -377,7 +377,7 @@ _HOST = textwrap.dedent('''
     jax.distributed.initialize(coordinator_address=f'127.0.0.1:{port}',
                                num_processes=2, process_id=process_id)
     from rosetta import partitioning
-    from rosetta.data import pipeline as data
+    from rosetta.data import pipeline, text_pairs
     from rosetta.data.django_po import django_pairs
     pairs = django_pairs(['fr'])['fr'][:40]
     text_pairs.register_text_pair_task('fr', text_pairs.pairs_source({'train': pairs}),

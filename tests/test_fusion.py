@@ -154,7 +154,7 @@ def test_real_bm25_runs_on_cranfield():
       bm25.BM25Index(rs.docs, lang=None))
   # fusing a run with itself changes no ranking
   same = fusion.rrf([stop, stop])
-  assert all(list(same[q]) == [d for d, _ in ir_metrics._trec_order(stop[q])]
+  assert all(list(same[q]) == [d for d, _ in ir_metrics.trec_order(stop[q])]
              for q in stop)
   ndcg = lambda r: ir_metrics.evaluate(r, rs.qrels)['nDCG@10']
   fused = ndcg(fusion.rrf([stop, plain]))

@@ -15,7 +15,7 @@ import tensorflow as tf
 from rosetta.checkpoint import manager as checkpoints
 
 from rosetta.data import iterator_state as iterator_checkpoint
-from tests.test_data import BYTES, fr_pairs, fr_task, host, pipeline  # noqa: F401
+from tests.test_data import BYTES, fr_pairs, fr_task, host, make_pipeline  # noqa: F401
 
 
 def _no_replay(monkeypatch):
@@ -33,7 +33,7 @@ def _equal_batches(got, want):
 
 def test_resume_from_iterator_state_without_replay(fr_task, mesh_data4_model2,
                                                    tmp_path, monkeypatch):
-  a = pipeline(fr_task, mesh_data4_model2, seed=3)
+  a = make_pipeline(fr_task, mesh_data4_model2, seed=3)
   for _ in range(3):
     next(a)
   prefix = str(tmp_path / 'process_0')
@@ -43,7 +43,7 @@ def test_resume_from_iterator_state_without_replay(fr_task, mesh_data4_model2,
   want = [host(next(a)) for _ in range(5)]     # crosses epoch boundaries
 
   _no_replay(monkeypatch)
-  b = pipeline(fr_task, mesh_data4_model2, seed=3, state=saved,
+  b = make_pipeline(fr_task, mesh_data4_model2, seed=3, state=saved,
                iterator_checkpoint=prefix)
   assert b.start() == 'iterator state'
   _equal_batches([host(next(b)) for _ in range(5)], want)
@@ -54,7 +54,7 @@ def test_iterator_state_not_the_count_sets_the_position(
     fr_task, mesh_data8, tmp_path, monkeypatch):
   """With the iterator state of batch 4 and a count of 0, the stream goes
   on from batch 4: the state, not a replay, positioned it."""
-  a = pipeline(fr_task, mesh_data8, seed=1)
+  a = make_pipeline(fr_task, mesh_data8, seed=1)
   first = host(next(a))
   for _ in range(3):
     next(a)
@@ -62,7 +62,7 @@ def test_iterator_state_not_the_count_sets_the_position(
   a.save_iterator(prefix)
   fifth = host(next(a))
   _no_replay(monkeypatch)
-  b = pipeline(fr_task, mesh_data8, seed=1,
+  b = make_pipeline(fr_task, mesh_data8, seed=1,
                state={**a.state(), 'batches_consumed': 0},
                iterator_checkpoint=prefix)
   got = host(next(b))
@@ -73,7 +73,7 @@ def test_iterator_state_not_the_count_sets_the_position(
 
 def test_unreadable_iterator_state_falls_back_to_replay(
     fr_task, mesh_data8, tmp_path, caplog):
-  a = pipeline(fr_task, mesh_data8, seed=2)
+  a = make_pipeline(fr_task, mesh_data8, seed=2)
   for _ in range(2):
     next(a)
   prefix = str(tmp_path / 'it')
@@ -83,7 +83,7 @@ def test_unreadable_iterator_state_falls_back_to_replay(
   with open(prefix + '.index', 'wb') as f:     # a truncated file
     f.write(b'\0' * 7)
   with caplog.at_level(logging.WARNING):
-    b = pipeline(fr_task, mesh_data8, seed=2, state=saved,
+    b = make_pipeline(fr_task, mesh_data8, seed=2, state=saved,
                  iterator_checkpoint=prefix)
     assert b.start() == 'replay'
     got = [host(next(b)) for _ in range(3)]
@@ -94,11 +94,11 @@ def test_unreadable_iterator_state_falls_back_to_replay(
 
 def test_iterator_state_of_another_process_count_is_not_used(
     fr_task, mesh_data8, tmp_path, monkeypatch):
-  a = pipeline(fr_task, mesh_data8)
+  a = make_pipeline(fr_task, mesh_data8)
   next(a)
   prefix = str(tmp_path / 'it')
   a.save_iterator(prefix)
-  b = pipeline(fr_task, mesh_data8)
+  b = make_pipeline(fr_task, mesh_data8)
   b.restore({**a.state(), 'process_count': 2}, strict=False,
             iterator_checkpoint=prefix)
   assert b.start() == 'replay'               # another shard: not its state
@@ -106,7 +106,7 @@ def test_iterator_state_of_another_process_count_is_not_used(
 
 def test_iterator_checkpoint_needs_the_state(fr_task, mesh_data8):
   with pytest.raises(ValueError, match='needs the pipeline state'):
-    pipeline(fr_task, mesh_data8, iterator_checkpoint='/nonexistent/it')
+    make_pipeline(fr_task, mesh_data8, iterator_checkpoint='/nonexistent/it')
 
 
 def _generator_task():
@@ -132,7 +132,7 @@ def _generator_task():
 
 def test_uncheckpointable_dataset_saves_nothing_and_warns(
     mesh_data8, tmp_path, caplog):
-  pipe = pipeline(_generator_task(), mesh_data8, shuffle=False)
+  pipe = make_pipeline(_generator_task(), mesh_data8, shuffle=False)
   next(pipe)
   prefix = str(tmp_path / 'it')
   with caplog.at_level(logging.WARNING):
@@ -146,11 +146,11 @@ def test_uncheckpointable_dataset_saves_nothing_and_warns(
 def test_save_before_the_first_batch_writes_nothing(fr_task, mesh_data8,
                                                    tmp_path, monkeypatch):
   """A save before any batch does not build (or replay) the iterator."""
-  a = pipeline(fr_task, mesh_data8, seed=2)
+  a = make_pipeline(fr_task, mesh_data8, seed=2)
   for _ in range(2):
     next(a)
   _no_replay(monkeypatch)
-  b = pipeline(fr_task, mesh_data8, seed=2, state=a.state())
+  b = make_pipeline(fr_task, mesh_data8, seed=2, state=a.state())
   prefix = str(tmp_path / 'it')
   assert not b.save_iterator(prefix)        # would replay 2 batches to write
   assert not iterator_checkpoint.exists(prefix)

@@ -77,6 +77,7 @@ def _train(run_dir, steps, lr):
          f"--gin.nmt.setup.vocab_path='{run_dir}/../spm.model'",
          "--gin.nmt.setup.languages=['de']",
          "--gin.nmt.setup.corpus='tatoeba'",
+         "--gin.optimizers.make_optimizer.name='adamw'",
          f'--gin.optimizers.learning_rate_schedule.base={lr}',
          '--gin.optimizers.learning_rate_schedule.warmup_steps=20',
          '--gin.train.log_period=100', '--gin.train.checkpoint_period=500']

@@ -19,6 +19,7 @@ from rosetta.checkpoint import hf as checkpoint_import
 from rosetta.data import pipeline
 from rosetta.model import encoder_decoder_model
 from rosetta import cli
+from rosetta.decoding.algorithms import DecodeOptions
 from rosetta import partitioning
 from rosetta.run import runs
 from rosetta import trainer as trainer_lib
@@ -216,8 +217,8 @@ def test_mt5_finetune_trains_from_hf_checkpoint(mt5_dir, tmp_path):
       lambda a, b: float(np.linalg.norm(a - b) / np.linalg.norm(a)),
       hf, trained))
   assert max(rel) < 0.05 and max(rel) > 0, max(rel)
-  out = t.translate(['Save and continue editing'], 'de', beam_size=1,
-                    max_length=8)
+  out = t.translate(['Save and continue editing'], 'de',
+                    options=DecodeOptions(num_beams=1, max_decode_length=8))
   assert len(out) == 1 and isinstance(out[0], str)
 
 

@@ -231,7 +231,7 @@ def test_search_never_materialises_the_score_matrix(dtype):
   spec = jax.ShapeDtypeStruct
   mesh = search.single_device_mesh()
   blocks, block = search.scan_plan(rows, batch, k, dim=d)
-  fn = search._search_fn(mesh, tuple(mesh.axis_names), (), rows, rows, k, 0,
+  fn = search.compiled_search_fn(mesh, tuple(mesh.axis_names), (), rows, rows, k, 0,
                          False, blocks, block)
   compiled = fn.lower(spec((d, batch), np.float32), spec((rows, d), dtype),
                       spec((rows,), np.float32),

@@ -233,7 +233,7 @@ def test_evaluate_and_infer_on_saved_checkpoint(straight, tmp_path):
   common = ['--gin_file=models/tiny.gin', '--gin_file=runs/evaluate.gin',
             '--gin_file=runs/infer.gin',
             '--gin.encoder_decoder.T5Config.dropout_rate=0.0',
-            '--gin.models.EncoderDecoderModel.max_decode_length=32',
+            '--gin.encoder_decoder_model.EncoderDecoderModel.max_decode_length=32',
             "--gin.evaluate.task_feature_lengths={'inputs': 32, "
             "'targets': 32}",
             "--gin.infer.task_feature_lengths={'inputs': 32, 'targets': 32}"]
@@ -286,7 +286,7 @@ def test_load_run_gives_the_trained_network(straight):
   import jax
   from flax import nnx
   from rosetta.model import encoder_decoder_model
-  from rosetta.run import loading as run_loading
+  from rosetta.run import run_dir as run_loading
   run = run_loading.load_run(straight)
   step, params = final_params(straight)
   assert run.step == step == 40
@@ -307,7 +307,7 @@ def test_cpu_budget_stops_training_with_a_restorable_checkpoint(tmp_path):
   """`train.cpu_budget_s`: process CPU seconds since the loop began
   (compile included), checked at log steps; the stop leaves a checkpoint
   that restores (here through `load_run`, the model rebuilt from config)."""
-  from rosetta.run import loading as run_loading
+  from rosetta.run import run_dir as run_loading
   d = str(tmp_path)
   out = run(d, '--gin.train.total_steps=100000',
             '--gin.train.checkpoint_period=100000',
@@ -338,7 +338,7 @@ def test_average_checkpoints_is_the_mean_as_a_new_run(straight, tmp_path,
   from flax import nnx
   from rosetta import cli
   from rosetta.run import run_dir
-  from rosetta.run import loading as run_loading
+  from rosetta.run import run_dir as run_loading
 
   def raw_state(d, step):
     with ocp.PyTreeCheckpointer() as c:

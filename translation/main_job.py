@@ -87,6 +87,7 @@ def main(argv=None) -> int:
   cli.main(train_argv)
   print(f'\ntraining took {(time.time() - t0) / 60:.1f} min', flush=True)
 
+  from rosetta.decoding.algorithms import DecodeOptions
   from translation import metrics, nmt, translate
   translator = translate.Translator(run_dir)
   setup = nmt.last_setup()
@@ -94,11 +95,11 @@ def main(argv=None) -> int:
         f'{", ".join(f"{s}-{t}" for s, t in setup.directions)}; '
         f'checkpoint step {translator.step}', flush=True)
   pairs, zero_shot = eval_directions(setup, args.eval_sentences)
+  options = DecodeOptions(num_beams=args.beam_size, max_decode_length=64)
   outputs, t0 = {}, time.time()
   for direction, items in pairs.items():
     tgt = direction.split('-')[1]
-    hyps = translator.translate([s for s, _ in items], tgt,
-                                beam_size=args.beam_size, max_length=64)
+    hyps = translator.translate([s for s, _ in items], tgt, options=options)
     outputs[direction] = (hyps, [r for _, r in items])
   results = metrics.evaluate_directions(outputs, zero_shot=zero_shot)
   print(f'\nper-direction results ({args.eval_sentences} test sentences '

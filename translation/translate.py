@@ -19,6 +19,7 @@ import sys
 from typing import Sequence
 
 import numpy as np
+from rosetta.decoding.algorithms import DecodeOptions
 from rosetta.run import files
 
 
@@ -43,6 +44,13 @@ def parse_args(argv):
   p.add_argument('--beta', type=float, default=0.0,
                  help='GNMT coverage penalty weight')
   p.add_argument('--length_penalty', choices=('gnmt', 'hf'), default='gnmt')
+  p.add_argument('--temperature', type=float, default=0.0,
+                 help='> 0 samples instead of searching (with --beam_size 1)')
+  p.add_argument('--top_k', type=int, default=0,
+                 help='sample among the k most likely tokens (0 = off)')
+  p.add_argument('--top_p', type=float, default=1.0,
+                 help='nucleus sampling mass (1 = off)')
+  p.add_argument('--seed', type=int, default=0, help='sampling seed')
   p.add_argument('--max_length', type=int, default=128,
                  help='maximum output tokens')
   p.add_argument('--max_input_length', type=int, default=256,
@@ -98,12 +106,14 @@ class Translator:
     return ids[:max_len - 1] + [self.eos_id]
 
   def translate(self, lines: Sequence[str], target_lang: str, *,
-                batch_size: int = 32, beam_size: int = 4, alpha: float = 0.6,
-                beta: float = 0.0, length_penalty: str = 'gnmt',
-                max_length: int = 128, max_input_length: int = 256,
+                options: DecodeOptions | None = None, batch_size: int = 32,
+                max_input_length: int = 256,
                 progress: bool = False) -> list[str]:
+    """`options` default: 4-beam GNMT search, up to 128 tokens."""
     import jax
     from tqdm import tqdm
+    options = options if options is not None else DecodeOptions(
+        num_beams=4, max_decode_length=128)
     part = self.trainer.partitioner
     dp = int(np.prod([dict(part.mesh.shape)[a] for a in ('data', 'fsdp')]))
     batch_size = -(-batch_size // dp) * dp  # a multiple of the data axes
@@ -130,8 +140,7 @@ class Translator:
         tokens = self.wrapper.predict_batch(
             self.network, {'encoder_input_tokens': jax.device_put(x,
                                                                   sharding)},
-            num_beams=beam_size, alpha=alpha, beta=beta,
-            length_penalty=length_penalty, max_decode_length=max_length)
+            options=options)
       tokens = np.asarray(jax.device_get(tokens))
       for row, i in enumerate(idx):
         ids = tokens[row].tolist()
@@ -152,11 +161,18 @@ def main(argv=None) -> int:
       lines = f.read().split('\n')
     if lines and lines[-1] == '':
       lines.pop()
+  try:   # checked before the model loads, not after the first batch
+    options = DecodeOptions(
+        num_beams=args.beam_size, max_decode_length=args.max_length,
+        alpha=args.alpha, beta=args.beta, length_penalty=args.length_penalty,
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        seed=args.seed)
+  except ValueError as e:
+    print(f'rosetta translate: {e}', file=sys.stderr)
+    return 2
   translator = Translator(args.checkpoint, args.step)
   outputs = translator.translate(
-      lines, args.target_lang, batch_size=args.batch_size,
-      beam_size=args.beam_size, alpha=args.alpha, beta=args.beta,
-      length_penalty=args.length_penalty, max_length=args.max_length,
+      lines, args.target_lang, options=options, batch_size=args.batch_size,
       max_input_length=args.max_input_length,
       progress=not args.no_progress)
   # One line per input line: any line break a model emits (\r, U+2028, ...

@@ -540,6 +540,66 @@ def beam_search(model, encoder_input_tokens, *, num_beams: int,
                    num_decodes=num_decodes), chunked_cache)
 
 
+@dataclasses.dataclass(frozen=True)
+class DecodeOptions:
+  """How to decode, as one typed value from the command line to the loop.
+
+  num_beams > 1: beam search with `alpha` (length penalty exponent),
+  `beta` (GNMT coverage penalty) and `length_penalty` ('gnmt' or 'hf').
+  Otherwise temperature > 0 samples (with `top_k` / `top_p` filters and
+  `seed`), temperature 0 is greedy. Invalid values raise at construction,
+  naming the field.
+  """
+  max_decode_length: int = 64
+  num_beams: int = 1
+  alpha: float = 0.6
+  beta: float = 0.0
+  length_penalty: str = 'gnmt'
+  temperature: float = 0.0
+  top_k: int = 0
+  top_p: float = 1.0
+  seed: int = 0
+
+  def __post_init__(self):
+    for name in ('max_decode_length', 'num_beams'):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f'DecodeOptions.{name} must be an integer >= 1, '
+                         f'got {value!r}')
+    if self.num_beams > 1 and self.temperature:
+      raise ValueError('DecodeOptions: beam search (num_beams > 1) does not '
+                       'sample; set temperature = 0 or num_beams = 1')
+    _check_beam_args(self.num_beams, 1, self.alpha, self.beta,
+                     self.length_penalty)
+    _check_sampling(self.temperature, self.top_k, self.top_p)
+
+  def replace(self, **changes) -> 'DecodeOptions':
+    return dataclasses.replace(self, **changes)
+
+
+def decode(model, encoder_input_tokens, options: DecodeOptions, *,
+           processors: Sequence[Processor] = (), max_lengths=None):
+  """The best decode per example under `options`: tokens (b, L) and their
+  log-probabilities (b,), by beam search, sampling or greedy search."""
+  if options.num_beams > 1:
+    tokens, scores = beam_search(
+        model, encoder_input_tokens, num_beams=options.num_beams,
+        max_decode_length=options.max_decode_length, alpha=options.alpha,
+        beta=options.beta, length_penalty=options.length_penalty,
+        processors=processors, max_lengths=max_lengths)
+    return tokens[:, 0], scores[:, 0]
+  if options.temperature:
+    return sample(model, encoder_input_tokens,
+                  rng=jax.random.key(options.seed),
+                  max_decode_length=options.max_decode_length,
+                  temperature=options.temperature, top_k=options.top_k,
+                  top_p=options.top_p, processors=processors,
+                  max_lengths=max_lengths)
+  return greedy(model, encoder_input_tokens,
+                max_decode_length=options.max_decode_length,
+                processors=processors, max_lengths=max_lengths)
+
+
 @functools.partial(jax.jit, static_argnames=('graphdef',))
 def _score_jit(graphdef, state, encoder_input_tokens, targets):
   model = nnx.merge(graphdef, state)

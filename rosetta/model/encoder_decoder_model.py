@@ -58,9 +58,11 @@ class EncoderDecoderModel:
       raise ValueError('EncoderDecoderModel.label_smoothing must be in [0, 1)')
     self.label_smoothing = label_smoothing
     self.z_loss = z_loss
-    self.max_decode_length = max_decode_length
-    self.num_beams = num_beams
-    self.alpha, self.beta, self.length_penalty = alpha, beta, length_penalty
+    # The wrapper's default decoding (evaluation, `rosetta infer`); callers
+    # pass their own `DecodeOptions` to `predict_batch`.
+    self.decode_options = decoding.DecodeOptions(
+        max_decode_length=max_decode_length, num_beams=num_beams,
+        alpha=alpha, beta=beta, length_penalty=length_penalty)
     if processors is not None and not callable(processors):
       raise TypeError('EncoderDecoderModel.processors must be a zero-argument'
                       f' callable returning processors, got {processors!r}')
@@ -146,35 +148,17 @@ class EncoderDecoderModel:
 
   # ----------------------------------------------------------- inference ---
   def predict_batch(self, network: EncoderDecoder, batch, *,
-                    processors=(), return_scores: bool = False,
-                    **overrides):
+                    options: decoding.DecodeOptions | None = None,
+                    processors=(), return_scores: bool = False):
     """Best decode per example: (b, max_decode_length) tokens (and its
-    score with `return_scores`). `overrides` replace the wrapper's decoding
-    settings (num_beams, alpha, beta, length_penalty, max_decode_length);
-    `processors` are logits processors, e.g. a forced language token; the
-    wrapper's own `processors()` are appended."""
-    kw = dict(max_decode_length=self.max_decode_length,
-              num_beams=self.num_beams, alpha=self.alpha, beta=self.beta,
-              length_penalty=self.length_penalty)
-    unknown = set(overrides) - set(kw)
-    if unknown:
-      raise TypeError(f'predict_batch: unknown decoding options '
-                      f'{sorted(unknown)}; known: {sorted(kw)}')
-    kw.update(overrides)
+    score with `return_scores`) under `options` (default: the wrapper's
+    `decode_options`); `processors` are logits processors, e.g. a forced
+    language token; the wrapper's own `processors()` are appended."""
+    options = options if options is not None else self.decode_options
     if self.processors is not None:
       processors = tuple(processors) + tuple(self.processors())
-    enc = batch['encoder_input_tokens']
-    if kw['num_beams'] <= 1:
-      tokens, scores = decoding.greedy(
-          network, enc, max_decode_length=kw['max_decode_length'],
-          processors=processors)
-    else:
-      tokens, scores = decoding.beam_search(
-          network, enc, num_beams=kw['num_beams'],
-          max_decode_length=kw['max_decode_length'], alpha=kw['alpha'],
-          beta=kw['beta'], length_penalty=kw['length_penalty'],
-          processors=processors)
-      tokens, scores = tokens[:, 0], scores[:, 0]
+    tokens, scores = decoding.decode(network, batch['encoder_input_tokens'],
+                                     options, processors=processors)
     return (tokens, scores) if return_scores else tokens
 
   def score_batch(self, network: EncoderDecoder, batch):

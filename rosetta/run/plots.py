@@ -46,6 +46,7 @@ import os
 import sys
 from typing import Any, Mapping
 from rosetta.run import files
+from rosetta.run.run_dir import RunDir
 
 Series = tuple[list[int], list[float]]
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
@@ -63,7 +64,7 @@ class Plot:
 def _tb_root(run_dir: str) -> str:
   if not os.path.isdir(run_dir):
     raise FileNotFoundError(f'{run_dir}: no such run directory')
-  tb = os.path.join(run_dir, 'tb')
+  tb = RunDir(run_dir).tensorboard_path
   return tb if os.path.isdir(tb) else run_dir
 
 

@@ -3,7 +3,9 @@ bar (steps/s, tokens/s, loss, ETA), written by process 0 only.
 
 Scalars logged per train report: loss, z_loss, accuracy, learning_rate,
 grad_norm, param_norm, tokens_per_s, steps_per_s and, when the peak FLOP/s
-of the hardware is configured, MFU = achieved model FLOP/s / peak.
+of the hardware is known (`rosetta.run.device_peak`), MFU = achieved model
+FLOP/s / peak. The ETA is the sooner of the last step and the end of the
+time budget, when one is set.
 """
 
 from __future__ import annotations
@@ -26,15 +28,17 @@ def _summary_writer(log_dir: str):
 @gin.configurable
 class RunLogger:
   """`peak_flops`: the hardware's peak FLOP/s over all devices, for MFU
-  (e.g. 197e12 per TPU v4 chip in bfloat16; about 2e11 for this repo's
-  2-core CPU in float32, see GUIDE.md)."""
+  (`rosetta.run.device_peak.peak_flops`). `deadline`: the `time.time()` at
+  which the run's time budget ends (ETA = the sooner of that and the last
+  step)."""
 
   def __init__(self, log_dir: str, total_steps: int, start_step: int = 0, *,
                peak_flops: float | None = None, flops_per_token: float = 0.0,
-               progress_bar: bool = True):
+               progress_bar: bool = True, deadline: float | None = None):
     self.main = jax.process_index() == 0
     self.total_steps = total_steps
     self.peak_flops = peak_flops
+    self.deadline = deadline
     self.flops_per_token = flops_per_token
     self._last = (time.time(), start_step, 0.0)
     self.writers = {}
@@ -79,6 +83,8 @@ class RunLogger:
                            tok_s=f"{out['tokens_per_s']:,.0f}")
     if self.main and (self.bar is None or self.bar.disable):
       remaining = (self.total_steps - step) / max(out['steps_per_s'], 1e-9)
+      if self.deadline is not None:
+        remaining = max(0.0, min(remaining, self.deadline - now))
       print(f'step {step}/{self.total_steps}  loss {out["loss"]:.4f}  '
             f'{out["steps_per_s"]:.2f} steps/s  '
             f'{out["tokens_per_s"]:,.0f} tokens/s  '

@@ -26,6 +26,7 @@ from rosetta import optimizers, partitioning  # noqa: E402
 from rosetta.checkpoint import manager as checkpoints  # noqa: E402
 from rosetta.data import evaluation
 from rosetta.data import pipeline  # noqa: E402
+from rosetta.run import device_peak  # noqa: E402
 from rosetta.run import files as run_files  # noqa: E402
 from rosetta.run.run_dir import RunDir, task_setup  # noqa: E402
 from rosetta.run import progress as run_logging  # noqa: E402
@@ -56,6 +57,15 @@ def distributed(coordinator_address: str | None = None,
   # Not in config.gin (main.run_config_text leaves the topology out): log it.
   _log(f'jax.distributed: coordinator {coordinator_address}, '
        f'{jax.process_count()} process(es)')
+
+
+def _peak_flops(peak_flops, model) -> float | None:
+  """`train.peak_flops`: a number, None (no MFU), or 'auto' (measured on
+  CPU, from the chip table on TPU/GPU, in the model's compute dtype)."""
+  if peak_flops != 'auto':
+    return peak_flops
+  dtype = getattr(getattr(model, 'config', None), 'dtype', 'float32')
+  return device_peak.peak_flops(dtype)
 
 
 def _feature_converter_cls(model):
@@ -128,7 +138,7 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
           eval_tasks: list | None = None, eval_split: str = 'validation',
           eval_batch_size: int | None = None,
           eval_num_examples: int | None = None,
-          eval_loss_batches: int = 2, peak_flops: float | None = None,
+          eval_loss_batches: int = 2, peak_flops: float | str | None = 'auto',
           init_from_hf: str | None = None, stop_after_steps: int | None = None,
           allow_config_change: bool = False,
           time_budget_s: float | None = None,
@@ -221,7 +231,9 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
   flops = trainer_lib.FlopsCounter.for_params(state['params'])
   logger = run_logging.RunLogger(
       run.tensorboard_path, total_steps, start_step,
-      peak_flops=peak_flops, flops_per_token=flops.flops(1.0))
+      peak_flops=_peak_flops(peak_flops, model),
+      flops_per_token=flops.flops(1.0),
+      deadline=None if time_budget_s is None else time.time() + time_budget_s)
   metrics_log = run_files.JsonlAppender(run.train_metrics_path)
   _log(f'training {task} for {total_steps} steps on mesh '
        f'{dict(mesh.shape)} ({jax.process_count()} process(es)); '
