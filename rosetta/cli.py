@@ -35,6 +35,8 @@ from typing import Callable
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
+from rosetta import native_logs  # noqa: E402  (imports nothing heavy)
+
 ENTRY_POINT_GROUP = 'rosetta.commands'
 GIN_RUNS = {
     'train': 'train a model on a seqio task or mixture (resumes a run)',
@@ -131,6 +133,7 @@ def main(argv=None) -> int:
     print(_top_level_help(commands))
     return 0 if argv else 2
   command, rest = argv[0], argv[1:]
+  native_logs.import_tensorflow_quietly()
   if command in GIN_RUNS:
     return run_gin_command(command, rest)
   if command in commands:

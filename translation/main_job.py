@@ -69,6 +69,8 @@ def zero_shot_directions(languages) -> list[tuple[str, str]]:
 
 def main(argv=None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else argv)
+  from rosetta import native_logs
+  native_logs.import_tensorflow_quietly()
   run_dir = os.path.abspath(args.run_dir)
   langs = [l.strip() for l in args.languages.split(',') if l.strip()]
   bindings = [

@@ -86,6 +86,7 @@ process and writes on process 0 only.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -187,6 +188,27 @@ def abstract_target(tree: PyTree) -> PyTree:
 # ---------------------------------------------------------- Checkpointer ---
 
 
+class _DropReadOnlyNotices(logging.Filter):
+  """orbax warns that a read-only manager is read-only (twice, on every
+  restore for inference); Rosetta asked for exactly that."""
+
+  def filter(self, record):
+    msg = str(record.msg)
+    return not (msg.startswith('CheckpointManagerOptions.read_only=True')
+                or msg.startswith('Given directory is read only'))
+
+
+@contextlib.contextmanager
+def _without_read_only_notices():
+  quiet = _DropReadOnlyNotices()
+  absl_logger = logging.getLogger('absl')
+  absl_logger.addFilter(quiet)
+  try:
+    yield
+  finally:
+    absl_logger.removeFilter(quiet)
+
+
 @gin.configurable(denylist=['directory'])
 class Checkpointer:
   """Saves and restores `(step, train state, data position)` in `directory`.
@@ -243,18 +265,19 @@ class Checkpointer:
     keep = [cm.LatestN(n=keep_last)]
     if keep_every is not None:
       keep.append(cm.EveryNSteps(interval_steps=keep_every))
-    options = ocp.CheckpointManagerOptions(
-        save_decision_policy=cm.AnySavePolicy([
-            cm.FixedIntervalPolicy(save_interval_steps),
-            cm.PreemptionCheckpointingPolicy(),
-        ]),
-        preservation_policy=cm.AnyPreservationPolicy(keep),
-        enable_async_checkpointing=async_save,
-        cleanup_tmp_directories=not read_only,
-        read_only=read_only,
-        create=not read_only,
-    )
-    self._mgr = ocp.CheckpointManager(self._directory, options=options)
+    with _without_read_only_notices():
+      options = ocp.CheckpointManagerOptions(
+          save_decision_policy=cm.AnySavePolicy([
+              cm.FixedIntervalPolicy(save_interval_steps),
+              cm.PreemptionCheckpointingPolicy(),
+          ]),
+          preservation_policy=cm.AnyPreservationPolicy(keep),
+          enable_async_checkpointing=async_save,
+          cleanup_tmp_directories=not read_only,
+          read_only=read_only,
+          create=not read_only,
+      )
+      self._mgr = ocp.CheckpointManager(self._directory, options=options)
 
   # -- bookkeeping -------------------------------------------------------
 

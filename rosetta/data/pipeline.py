@@ -70,7 +70,7 @@ import tensorflow as tf
 
 from rosetta.data import iterator_state as iterator_checkpoint_lib
 from rosetta.data import length_buckets as length_buckets_lib
-from rosetta import partitioning
+from rosetta import native_logs, partitioning
 
 try:  # tf.data only; keep TensorFlow off the accelerators JAX uses.
   tf.config.set_visible_devices([], 'GPU')
@@ -271,6 +271,7 @@ class InputPipeline:
         for k, spec in self._local_spec.items()}
     self._batches_consumed = 0
     self._iterator = None
+    self._quiet_next = True
     self._iterator_prefix = None     # iterator state to resume from
     self._positioned_by = 'start'
     self._save_failure_logged = False
@@ -400,9 +401,11 @@ class InputPipeline:
   def _tf_iterator(self):
     """The live tf.data iterator, built (and positioned) on first use."""
     if self._iterator is None:
+      self._quiet_next = True
       # local_dataset, not one dataset object: see its docstring.
-      self._iterator, self._positioned_by = iterator_checkpoint_lib.position(
-          self.local_dataset, self._batches_consumed, self._iterator_prefix)
+      with native_logs.quiet_native_stderr():   # a replay runs the kernels
+        self._iterator, self._positioned_by = iterator_checkpoint_lib.position(
+            self.local_dataset, self._batches_consumed, self._iterator_prefix)
       self._iterator_prefix = None
     return self._iterator
 
@@ -410,7 +413,15 @@ class InputPipeline:
     return self
 
   def __next__(self) -> dict[str, jax.Array]:
-    local = {k: v.numpy() for k, v in next(self._tf_iterator()).items()}
+    if self._quiet_next:
+      # The first batch of an iterator creates its tokenizer kernels, which
+      # log natively (rosetta/native_logs.py).
+      self._quiet_next = False
+      with native_logs.quiet_native_stderr():
+        batch = next(self._tf_iterator())
+    else:
+      batch = next(self._tf_iterator())
+    local = {k: v.numpy() for k, v in batch.items()}
     self._batches_consumed += 1
     return {k: jax.make_array_from_process_local_data(
         self.shardings[k], v, (self.global_batch_size,) + v.shape[1:])

@@ -162,10 +162,13 @@ class RunDir:
 
   def parse_config(self, register_fns: Sequence = ()) -> str:
     """Parses the run's config.gin into gin (not finalised) and registers
-    its tasks. Returns the config's path (for messages)."""
+    its tasks: the config's own `task_setup.register_fns`, then
+    `register_fns` (extra callables). Returns the config's path."""
     path = self.require().config_path
     gin_utils.parse([path], finalize=False)
-    task_setup(register_fns)
+    task_setup()
+    for fn in register_fns:
+      fn()
     return path
 
   # --------------------------------------------------------- checkpoints ---
