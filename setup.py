@@ -44,6 +44,9 @@ CORE = [
     'faiss-cpu>=1.15.1,<2',
     # Plots (rosetta/run/plots.py, notebooks).
     'matplotlib>=3.9,<4',
+    # A retaining allocator for CPU processes (rosetta/allocator.py): the
+    # wheel ships libmimalloc.so; a system jemalloc is used when present.
+    "cmeel-mimalloc>=3.4,<4; sys_platform == 'linux'",
 ]
 
 EXTRAS = {
@@ -76,7 +79,7 @@ setup(
     install_requires=CORE,
     extras_require=EXTRAS,
     entry_points={
-        'console_scripts': ['rosetta=rosetta.cli:main'],
+        'console_scripts': ['rosetta=rosetta.cli:console_main'],
         # Applications register their subcommands here (rosetta/cli.py).
         'rosetta.commands': [
             'translate = translation.translate:main',

@@ -4,4 +4,4 @@ import sys
 
 from rosetta import cli
 
-sys.exit(cli.main())
+sys.exit(cli.console_main())

@@ -144,5 +144,9 @@ def main(argv=None) -> int:
   return 2
 
 
-if __name__ == '__main__':
-  sys.exit(main())
+def console_main() -> int:
+  """The `rosetta` console script: first a retaining allocator (a re-exec,
+  once; rosetta/allocator.py), then `main`."""
+  from rosetta import allocator  # pylint: disable=import-outside-toplevel
+  allocator.reexec()
+  return main()

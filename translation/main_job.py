@@ -80,6 +80,9 @@ def main(argv=None) -> int:
       f'nmt.setup.languages = {langs!r}',
       f"nmt.setup.corpus = '{args.corpus}'",
       'train.allow_config_change = True',  # a new budget is not a new run
+      # bfloat16 activations (float32 parameters): 1.5x the steps of
+      # float32 in the same minutes on a CPU with AVX-512 bf16.
+      "encoder_decoder.T5Config.dtype = 'bfloat16'",
       *args.gin]
   from rosetta import cli
   train_argv = ['train', '--gin_file=experiments/nmt_cpu_small.gin']
@@ -119,4 +122,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
+  from rosetta import allocator
+  allocator.reexec()     # a retaining allocator (rosetta/allocator.py)
   sys.exit(main())

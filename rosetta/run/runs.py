@@ -26,6 +26,7 @@ from rosetta import optimizers, partitioning  # noqa: E402
 from rosetta.checkpoint import manager as checkpoints  # noqa: E402
 from rosetta.data import evaluation
 from rosetta.data import pipeline  # noqa: E402
+from rosetta import allocator  # noqa: E402
 from rosetta.run import device_peak  # noqa: E402
 from rosetta.run import files as run_files  # noqa: E402
 from rosetta.run.run_dir import RunDir, task_setup  # noqa: E402
@@ -237,7 +238,8 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
   metrics_log = run_files.JsonlAppender(run.train_metrics_path)
   _log(f'training {task} for {total_steps} steps on mesh '
        f'{dict(mesh.shape)} ({jax.process_count()} process(es)); '
-       f'{flops.num_params / 1e6:.2f}M parameters')
+       f'{flops.num_params / 1e6:.2f}M parameters; malloc: '
+       f'{allocator.loaded()}')
 
   def eval_loss(state):
     pipe = pipeline.InputPipeline(
