@@ -17,7 +17,7 @@ from retrieval.dsi import evaluation as dsi_eval
 from retrieval.dsi import dsi_tasks
 from retrieval.search import ir_metrics
 from rosetta import gin_utils, partitioning
-from rosetta import cli
+from rosetta.run import plots
 from rosetta.run import run_dir
 from rosetta.model import encoder_decoder_model
 from rosetta.run import runs
@@ -57,8 +57,8 @@ def dsi_run(tmp_path_factory, one_device):
     runs.train(mesh=one_device, config_text=run_dir.run_config_text())
     setup = dsi_tasks.last_setup('xquad_dsi')
     wrapper = encoder_decoder_model.EncoderDecoderModel()    # with the gin processors
-    tr, state, step = runs._restore_for_inference(  # noqa: SLF001
-        d, wrapper, one_device)
+    tr, state, step = run_dir.RunDir(d).restore_for_inference(
+        wrapper, one_device)
     yield dict(dir=d, setup=setup, wrapper=wrapper, trainer=tr,
                network=tr.network(state['params']), step=step)
   finally:
@@ -107,7 +107,7 @@ def test_gin_processors_constrain_evaluation(dsi_run, one_device):
   s, wrapper = dsi_run['setup'], dsi_run['wrapper']
   (proc,) = wrapper.processors()
   assert proc is s.constraint()
-  scalars = main._plots_module().read_scalars(dsi_run['dir'])  # noqa: SLF001
+  scalars = plots.read_scalars(dsi_run['dir'])
   assert scalars['eval/xquad_dsi_retrieval']['valid_docid_rate'] == (
       [STEPS], [100.0])
   cfg = wrapper.config
