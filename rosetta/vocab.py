@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 from typing import Iterable, Mapping, Sequence
 
 from absl import logging
@@ -101,14 +102,17 @@ def train_sentencepiece(sentences: Iterable[str], output: str, *,
                         byte_fallback: bool = True,
                         user_defined_symbols: Sequence[str] = (),
                         normalization: str = 'identity',
-                        num_threads: int = 2) -> str:
+                        num_threads: int = 2,
+                        fit_vocab_size: bool = False) -> str:
   """Trains a SentencePiece model on `sentences`; writes `output` (+.vocab).
 
   `language_tokens` are language codes: `<2xx>` for each becomes a
   user-defined piece with ids 3, 4, ... in the given order (after pad=0,
   eos=1, unk=2). `output` may be any tf.io.gfile path (gs:// too); the
   piece list is written beside it as `<output minus .model>.vocab`.
-  Returns `output`.
+  Returns `output`. `fit_vocab_size`: when the sentences cannot fill
+  `vocab_size` pieces, train the largest size SentencePiece reports they
+  can (logged) instead of failing.
 
   `normalization='identity'` (not SentencePiece's default 'nmt_nfkc', which
   T5/mT5 use): NFKC rewrites full-width punctuation and Devanagari nukta
@@ -124,11 +128,12 @@ def train_sentencepiece(sentences: Iterable[str], output: str, *,
   sentences = [s for s in sentences if s.strip()]
   if not sentences:
     raise ValueError('train_sentencepiece: no sentences')
-  model = io.BytesIO()
-  try:
+
+  def train(size: int) -> bytes:
+    model = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(sentences), model_writer=model,
-        vocab_size=vocab_size, model_type=model_type,
+        vocab_size=size, model_type=model_type,
         character_coverage=character_coverage, byte_fallback=byte_fallback,
         pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1,
         user_defined_symbols=symbols, normalization_rule_name=normalization,
@@ -136,12 +141,27 @@ def train_sentencepiece(sentences: Iterable[str], output: str, *,
         # deterministic; SentencePiece's own sampling would undo both.
         input_sentence_size=0, shuffle_input_sentence=False,
         num_threads=num_threads, minloglevel=2)
+    return model.getvalue()
+
+  try:
+    try:
+      proto = train(vocab_size)
+    except RuntimeError as e:
+      # "Vocabulary size is too high (8000). Please set it to a value <=
+      # 4303.": a small corpus cannot fill the requested size.
+      largest = re.search(r'value <= (\d+)', str(e))
+      if not (fit_vocab_size and largest):
+        raise
+      fitted = int(largest.group(1))
+      logging.warning('train_sentencepiece: %d sentences hold at most %d '
+                      'pieces, not %d; training %d', len(sentences), fitted,
+                      vocab_size, fitted)
+      proto = train(fitted)
   except RuntimeError as e:
     raise RuntimeError(
         f'SentencePiece training failed for vocab_size={vocab_size} on '
         f'{len(sentences)} sentences ({len(symbols)} reserved symbols'
         f'{", 256 byte pieces" if byte_fallback else ""}): {e}') from e
-  proto = model.getvalue()
   _write(output, proto)
   sp = spm.SentencePieceProcessor(model_proto=proto)
   vocab_path = (output[:-len('.model')] if output.endswith('.model')

@@ -123,3 +123,19 @@ def test_cli_matches_api_and_is_deterministic(spm_path, tmp_path, texts):
     train_vocab.main(['--corpus', 'django', '--languages', 'de',
                       '--vocab_size', '500', '--output', out,
                       '--token_languages', 'fr'])
+
+
+def test_a_small_corpus_fits_the_vocabulary_it_can_hold(tmp_path, caplog):
+  sentences = ['Save and continue editing.', 'Delete the selected items.',
+               'This field is required.', 'Enter a valid email address.'] * 5
+  out = str(tmp_path / 'small.model')
+  with pytest.raises(RuntimeError, match='vocab_size=2000 on 20 sentences'):
+    vocab.train_sentencepiece(sentences, out, vocab_size=2000,
+                              language_tokens=['de'])
+  assert not os.path.exists(out)
+  vocab.train_sentencepiece(sentences, out, vocab_size=2000,
+                            language_tokens=['de'], fit_vocab_size=True)
+  fitted = vocab.load_vocabulary(out)
+  assert 259 < fitted.vocab_size < 2000     # bytes + specials + pieces
+  assert fitted.decode(fitted.encode('Save the items.')) == 'Save the items.'
+  assert any('not 2000' in r.getMessage() for r in caplog.records)

@@ -78,9 +78,12 @@ def build_vocabulary(path: str, corpus: str, languages, vocab_size: int,
     sample = vocab_lib.balanced_sample(texts,
                                        per_language=sentences_per_language)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    # A small corpus (Django's .po strings on a machine without the data
+    # folder) cannot fill 8k pieces: take the largest size it can.
     vocab_lib.train_sentencepiece(
         sample, path, vocab_size=vocab_size,
-        language_tokens=[l.code for l in sources.LANGUAGES])
+        language_tokens=[l.code for l in sources.LANGUAGES],
+        fit_vocab_size=True)
   return vocab_lib.load_vocabulary(path, languages=all_langs)
 
 
