@@ -281,13 +281,13 @@ def test_cli_errors_name_the_binding(tmp_path):
 
 
 def test_load_run_gives_the_trained_network(straight):
-  """`run_loading.load_run`: the run's config rebuilds the model, and the
+  """`run_dir.load_run`: the run's config rebuilds the model, and the
   network carries the newest checkpoint's parameters bit for bit."""
   import jax
   from flax import nnx
   from rosetta.model import encoder_decoder_model
-  from rosetta.run import run_dir as run_loading
-  run = run_loading.load_run(straight)
+  from rosetta.run import run_dir
+  run = run_dir.load_run(straight)
   step, params = final_params(straight)
   assert run.step == step == 40
   assert isinstance(run.model, encoder_decoder_model.EncoderDecoderModel)
@@ -299,7 +299,7 @@ def test_load_run_gives_the_trained_network(straight):
       'encoder_input_tokens': np.ones((2, 8), np.int32)})
   assert np.asarray(jax.tree.leaves(out)[0]).shape[0] == 2
   with pytest.raises(FileNotFoundError, match='no config.gin'):
-    run_loading.load_run(os.path.dirname(straight))
+    run_dir.load_run(os.path.dirname(straight))
 
 
 @pytest.mark.slow   # end to end; .ci/run runs the slow suite too
@@ -307,7 +307,7 @@ def test_cpu_budget_stops_training_with_a_restorable_checkpoint(tmp_path):
   """`train.cpu_budget_s`: process CPU seconds since the loop began
   (compile included), checked at log steps; the stop leaves a checkpoint
   that restores (here through `load_run`, the model rebuilt from config)."""
-  from rosetta.run import run_dir as run_loading
+  from rosetta.run import run_dir
   d = str(tmp_path)
   out = run(d, '--gin.train.total_steps=100000',
             '--gin.train.checkpoint_period=100000',
@@ -320,7 +320,7 @@ def test_cpu_budget_stops_training_with_a_restorable_checkpoint(tmp_path):
   assert f'done: step {step} (training loop: ' in out
   assert max(losses(d)) == step
   assert committed_steps(d) == [step]
-  loaded = run_loading.load_run(d)
+  loaded = run_dir.load_run(d)
   assert loaded.step == step
   _, params = final_params(d)
   from flax import nnx
@@ -338,7 +338,6 @@ def test_average_checkpoints_is_the_mean_as_a_new_run(straight, tmp_path,
   from flax import nnx
   from rosetta import cli
   from rosetta.run import run_dir
-  from rosetta.run import run_dir as run_loading
 
   def raw_state(d, step):
     with ocp.PyTreeCheckpointer() as c:
@@ -370,7 +369,7 @@ def test_average_checkpoints_is_the_mean_as_a_new_run(straight, tmp_path,
   assert_trees_equal(averaged['opt_state'], sources[-1]['opt_state'])
   assert int(averaged['step']) == 40
   # Every tool reads it: load_run rebuilds the model from the copied config.
-  run = run_loading.load_run(out)
+  run = run_dir.load_run(out)
   assert run.step == 40
   assert_trees_equal(nnx.to_pure_dict(nnx.state(run.network, nnx.Param)),
                      averaged['params'])

@@ -337,7 +337,7 @@ def network_from(model: DualEncoderModel, network_or_state,
                  partitioner: Partitioner) -> DualEncoder:
   """A DualEncoder with its params on `partitioner`'s mesh, from a network,
   a train state {'params': ...} (with or without 'step' / 'opt_state': a
-  parameters-only restore, e.g. `runs._restore_for_inference`, gives just
+  parameters-only restore, e.g. `RunDir.restore_for_inference`, gives just
   {'params': ...}) or a pure params dict."""
   if isinstance(network_or_state, nnx.Module):
     graphdef, state = nnx.split(network_or_state)
