@@ -33,6 +33,7 @@ import numpy as np
 
 
 from benchmarks.compile_clock import first_call  # noqa: E402
+from rosetta import allocator  # noqa: E402
 from rosetta.checkpoint import hf as checkpoint_import  # noqa: E402
 from rosetta.decoding import algorithms as decoding  # noqa: E402
 from rosetta.decoding import processors as lp  # noqa: E402
@@ -146,7 +147,8 @@ def main(argv=None):
         f'({os.cpu_count()} CPUs), torch {torch.__version__} with '
         f'{torch.get_num_threads()} threads; T5.1.1 small '
         f'(8+8 layers, d_model 512, vocab 32128); source length '
-        f'{args.source_len}; load average {os.getloadavg()[0]:.1f}',
+        f'{args.source_len}; load average {os.getloadavg()[0]:.1f}; '
+        f'malloc (both systems, one process): {allocator.loaded()}',
         flush=True)
   with tempfile.TemporaryDirectory() as d:
     models = make_models(args.seed, d, args.dtype)

@@ -59,7 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 
 
-from rosetta import optimizers, partitioning, trainer  # noqa: E402
+from rosetta import allocator, optimizers, partitioning, trainer  # noqa: E402
 from rosetta.model import encoder_decoder_model  # noqa: E402
 
 from benchmarks.cpu_budget import cpu_model  # noqa: E402
@@ -305,6 +305,9 @@ def main(argv=None):
     wait_for_quiet(args.wait_for_load, args.max_wait)
   load_start = os.getloadavg()[0]
   print(f'load average at start: {load_start:.2f}')
+  # Every system runs in this process, so under the same malloc
+  # (ROSETTA_ALLOCATOR / LD_PRELOAD decide which; rosetta/allocator.py).
+  print(f'malloc (all systems): {allocator.loaded()}')
 
   # The peak is measured before and after the steps; the best counts.
   peaks = {'f32': [matmul_peak(jnp.float32, args.peak_n, args.peak_reps)],
