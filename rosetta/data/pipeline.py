@@ -57,6 +57,7 @@ and `make_score_fn` turn a jitted per-batch model function into the
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import numbers
@@ -271,7 +272,7 @@ class InputPipeline:
         for k, spec in self._local_spec.items()}
     self._batches_consumed = 0
     self._iterator = None
-    self._quiet_next = True
+    self._built_at = -1              # batches consumed when it was built
     self._iterator_prefix = None     # iterator state to resume from
     self._positioned_by = 'start'
     self._save_failure_logged = False
@@ -401,7 +402,7 @@ class InputPipeline:
   def _tf_iterator(self):
     """The live tf.data iterator, built (and positioned) on first use."""
     if self._iterator is None:
-      self._quiet_next = True
+      self._built_at = self._batches_consumed
       # local_dataset, not one dataset object: see its docstring.
       with native_logs.quiet_native_stderr():   # a replay runs the kernels
         self._iterator, self._positioned_by = iterator_checkpoint_lib.position(
@@ -413,13 +414,12 @@ class InputPipeline:
     return self
 
   def __next__(self) -> dict[str, jax.Array]:
-    if self._quiet_next:
-      # The first batch of an iterator creates its tokenizer kernels, which
-      # log natively (rosetta/native_logs.py).
-      self._quiet_next = False
-      with native_logs.quiet_native_stderr():
-        batch = next(self._tf_iterator())
-    else:
+    # The first batch of an iterator creates its tokenizer kernels, which
+    # log natively (rosetta/native_logs.py).
+    first = (self._iterator is None
+             or self._batches_consumed == self._built_at)
+    with (native_logs.quiet_native_stderr() if first
+          else contextlib.nullcontext()):
       batch = next(self._tf_iterator())
     local = {k: v.numpy() for k, v in batch.items()}
     self._batches_consumed += 1
