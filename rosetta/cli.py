@@ -47,6 +47,7 @@ GIN_RUNS = {
 CORE_COMMANDS = {
     'average': 'rosetta.checkpoint.averaging:main',
     'plot': 'rosetta.run.plots:main',
+    'vocab': 'rosetta.vocab_command:main',
 }
 
 

@@ -231,14 +231,14 @@ def load_vocabulary(path: str, *, languages: Sequence[str] = (),
     raise ValueError(
         f'{path}: pad_id={sp.pad_id()}, eos_id={sp.eos_id()}; Rosetta (T5 '
         f'convention) needs pad_id=0, eos_id=1 (train with '
-        f'tools/train_vocab.py)')
+        f'`rosetta vocab`)')
   user_defined = {p.piece for p in proto.pieces if p.type == p.USER_DEFINED}
   missing = [language_token(l) for l in languages
              if language_token(l) not in user_defined]
   if missing:
     raise ValueError(
         f'{path}: no reserved piece for {", ".join(missing)}. Train a '
-        f'vocabulary with tools/train_vocab.py (it reserves <2xx> for every '
+        f'vocabulary with `rosetta vocab` (it reserves <2xx> for every '
         f'language) or append them with rosetta.vocab.add_language_tokens('
         f'{path!r}, languages, new_path)')
   return seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
@@ -259,6 +259,6 @@ def language_token_id(vocab: seqio.Vocabulary, lang: str) -> int | None:
   if i == sp.unk_id() or sp.id_to_piece(i) != tok:
     raise ValueError(
         f'vocabulary {vocab.sentencepiece_model_file} has no piece {tok!r}; '
-        f'use a vocabulary from tools/train_vocab.py or '
+        f'use a vocabulary from `rosetta vocab` or '
         f'rosetta.vocab.add_language_tokens')
   return i

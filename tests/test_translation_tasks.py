@@ -109,7 +109,7 @@ def test_vocabulary_without_language_tokens_is_refused(tmp_path):
   vocab_lib.train_sentencepiece(vocab_lib.balanced_sample(texts), path,
                                 vocab_size=400)
   plain = seqio.SentencePieceVocabulary(path)
-  with pytest.raises(ValueError, match="no piece '<2de>'.*train_vocab"):
+  with pytest.raises(ValueError, match="no piece '<2de>'.*rosetta vocab"):
     tasks.register_translation_tasks(plain, 'django', 'en-de')
 
 

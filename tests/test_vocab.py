@@ -110,8 +110,7 @@ def test_add_language_tokens_to_an_existing_model(spm_path, tmp_path):
 
 
 def test_cli_matches_api_and_is_deterministic(spm_path, tmp_path, texts):
-  sys.path.insert(0, os.path.join(REPO, 'tools'))
-  import train_vocab  # pylint: disable=g-import-not-at-top
+  from rosetta import vocab_command as train_vocab  # pylint: disable=g-import-not-at-top
   out = str(tmp_path / 'cli' / 'spm.model')
   assert train_vocab.main([
       '--corpus', 'django', '--languages', 'de,ru', '--vocab_size', '500',

@@ -52,7 +52,9 @@ class NmtSetup:
   mixture: str
 
 
-def resolve_corpus(corpus: str) -> str:
+def resolve_corpus(corpus: sources.Corpus) -> sources.Corpus:
+  if not isinstance(corpus, str):
+    return corpus  # a ParallelCorpus of your own files
   if corpus != 'auto':
     if not sources.available(corpus):
       raise FileNotFoundError(f'corpus {corpus!r} is not available (data '

@@ -49,12 +49,13 @@ from rosetta.data import corpora as sources
 Direction = tuple[str, str]
 
 
-def task_name(corpus: str, src: str, tgt: str, suffix: str = '') -> str:
-  """('tatoeba', 'en', 'de') -> 'tatoeba_translate_en_de'."""
-  if corpus not in sources.CORPORA:
-    raise ValueError(f'unknown corpus {corpus!r}; known: {sources.CORPORA}')
+def task_name(corpus: sources.Corpus, src: str, tgt: str,
+              suffix: str = '') -> str:
+  """('tatoeba', 'en', 'de') -> 'tatoeba_translate_en_de' (a ParallelCorpus:
+  its name)."""
+  name = sources.corpus_name(corpus)
   src, tgt = sources.language(src).code, sources.language(tgt).code
-  return f'{corpus}_translate_{src}_{tgt}{suffix}'
+  return f'{name}_translate_{src}_{tgt}{suffix}'
 
 
 def parse_directions(spec: str | Iterable[str | Direction]) -> list[Direction]:
@@ -160,7 +161,7 @@ def register_task(name: str, source: seqio.DataSource,
 
 
 def register_translation_tasks(
-    vocabulary: seqio.Vocabulary, corpus: str,
+    vocabulary: seqio.Vocabulary, corpus: sources.Corpus,
     directions: str | Sequence[str | Direction], *, suffix: str = '',
     root: str | None = None, spec: sources.SplitSpec | None = None,
     replace: bool = True) -> list[str]:

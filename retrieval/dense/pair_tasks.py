@@ -14,6 +14,16 @@
     ict_pairs_cranfield   a sentence of a document -> its passage window,
                           sentence cut out; documents only, no queries;
                           train split only; no hard negatives
+    beir_pairs_<folder>   your own collection (`retrieval.collection_files`
+    msmarco_pairs_<folder>  spec 'beir:<folder>' / 'msmarco:<folder>'):
+                          query -> each document of qrels grade >=
+                          `collection_min_grade`; hard negatives: documents
+                          judged non-relevant (grade <= 0). A split per
+                          qrels file, 'dev' named 'validation' (the
+                          trainer validates on it)
+    triples_pairs_<file>  training triples ('triples:<file>' of texts,
+    idtriples_pairs_<file>  'idtriples:<file>' of MS MARCO ids): query ->
+                          positive, the negative as a hard negative; train
 
 Every task has the same three features (a mixture needs that)::
 
@@ -37,7 +47,9 @@ import gin
 import seqio
 import tensorflow as tf
 
+from rosetta.data import bad_input
 from rosetta.data import text_pairs
+from retrieval import collection_files
 from retrieval import datasets
 from retrieval.dense import ict
 from retrieval.search import passages
@@ -292,6 +304,70 @@ def register_ict_task(vocabulary: seqio.Vocabulary, corpus: str,
   return name
 
 
+# ---------------------------------------------------------- collections ---
+
+# Collection split -> pair-task split: the trainer validates on 'validation'.
+SPLIT_NAMES = {'dev': 'validation'}
+# Judged non-relevant documents kept per example, in `_stable_order`: the
+# converter takes the first num_negatives; TREC-COVID judges ~1,000 per
+# query, which would be tensors of millions of strings if all were kept.
+COLLECTION_NEGATIVES = 4
+
+
+def collection_task_name(spec: str) -> str:
+  """'beir:/data/scifact' -> 'beir_pairs_scifact'."""
+  s = collection_files.parse_spec(spec)
+  return f'{s.kind}_pairs_{s.stem}'
+
+
+def collection_examples(rs: datasets.RetrievalSet,
+                        min_grade: int = 1) -> list[Example]:
+  """(query, document, judged non-relevant documents) for every qrels row
+  of grade >= min_grade, queries and rows in file order. The negatives
+  (grade <= 0) are the first COLLECTION_NEGATIVES in a fixed per-query
+  order; a document graded between 0 and min_grade is neither."""
+  text = dict(zip(rs.doc_ids, rs.docs))
+  out = []
+  for qid, query in zip(rs.query_ids, rs.queries):
+    judged = rs.qrels[qid]
+    negatives = tuple(text[d] for d in _stable_order(
+        qid, [d for d, g in judged.items() if g <= 0])[
+            :COLLECTION_NEGATIVES])
+    out += [(query, text[d], negatives) for d, g in judged.items()
+            if g >= min_grade]
+  return out
+
+
+def register_collection_pair_task(vocabulary: seqio.Vocabulary, spec: str, *,
+                                  min_grade: int = 1,
+                                  on_bad_line: str = 'error',
+                                  max_triples: int | None = None) -> str:
+  """A pair task from a collection or triples spec (module docstring).
+  Files are listed now (a missing one fails the setup) and read on first
+  use of a split."""
+  bad_input.check_policy(on_bad_line)
+  s = collection_files.parse_spec(spec)
+  name = collection_task_name(spec)
+  if s.kind in collection_files.TRIPLE_KINDS:
+    if not collection_files.find_file(s.path):
+      raise FileNotFoundError(f'pair_tasks.setup.collections: {spec!r}: no '
+                              f'file {s.path} (or {s.path}.gz)')
+    loaders = {'train': lambda: [(q, p, (n,)) for q, p, n in
+                                 collection_files.read_spec_triples(
+                                     s, on_bad_line=on_bad_line,
+                                     limit=max_triples)]}
+    what = 'training triples'
+  else:
+    loaders = {SPLIT_NAMES.get(split, split): (
+        lambda split=split: collection_examples(collection_files.read_split(
+            s, split, on_bad_line=on_bad_line), min_grade))
+               for split in collection_files.splits(s)}
+    what = f'queries -> documents of grade >= {min_grade}'
+  register_pair_task(name, PairSource(loaders, description=f'{spec}: {what}'),
+                     vocabulary)
+  return name
+
+
 # ---------------------------------------------------------------- setup ---
 
 
@@ -329,7 +405,11 @@ def setup(vocabulary: str | seqio.Vocabulary = 'bytes',
           xquad_passage_tokens: int | None = None,
           ict_corpora: Sequence[str] = (),
           ict_passage_tokens: int | None = None,
-          ict_keep_rate: float = 0.1) -> list[str]:
+          ict_keep_rate: float = 0.1,
+          collections: Sequence[str] = (),
+          collection_min_grade: int = 1,
+          on_bad_line: str = 'error',
+          max_triples: int | None = None) -> list[str]:
   """Registers Tatoeba and XQuAD pair tasks and the temperature mixture
   `mixture` over them (rate n^(1/T), each task shuffled with its own seed).
   Returns the task names. Tatoeba languages missing from the data
@@ -338,7 +418,13 @@ def setup(vocabulary: str | seqio.Vocabulary = 'bytes',
   answer (`xquad_examples`), e.g. the positives' length minus EOS.
   ict_corpora: inverse-cloze tasks on these corpora ('xquad-<lang>',
   'cranfield'; `register_ict_task`), windows of ict_passage_tokens pieces
-  (default xquad_passage_tokens), the sentence kept with ict_keep_rate."""
+  (default xquad_passage_tokens), the sentence kept with ict_keep_rate.
+  collections: your own data, as `retrieval.collection_files` specs:
+  'beir:<folder>', 'msmarco:<folder>' (query -> each document of qrels
+  grade >= collection_min_grade), 'triples:<file>', 'idtriples:<file>'
+  (the first max_triples triples, all if None); on_bad_line: 'error' or
+  'skip' (`rosetta.data.bad_input`)."""
+  bad_input.check_policy(on_bad_line, 'pair_tasks.setup.on_bad_line')
   vocab = vocabulary_from(vocabulary)
   names = [register_tatoeba_pair_task(vocab, l, root=root)
            for l in tatoeba_languages]
@@ -355,8 +441,16 @@ def setup(vocabulary: str | seqio.Vocabulary = 'bytes',
     passages.check_window(length, None)
     names += [register_ict_task(vocab, c, length, ict_keep_rate)
               for c in ict_corpora]
+  own = [collection_task_name(c) for c in collections]
+  twice = sorted({n for n in own if own.count(n) > 1})
+  if twice:
+    raise ValueError(f'pair_tasks.setup.collections: two specs make the '
+                     f'task {twice[0]!r} (same kind and file or folder name)')
+  names += [register_collection_pair_task(
+      vocab, c, min_grade=collection_min_grade, on_bad_line=on_bad_line,
+      max_triples=max_triples) for c in collections]
   if not names:
-    raise ValueError('pair_tasks.setup: no tatoeba_languages, xquad_pairs '
-                     'or ict_corpora: nothing to train on')
+    raise ValueError('pair_tasks.setup: no tatoeba_languages, xquad_pairs, '
+                     'ict_corpora or collections: nothing to train on')
   mixtures.register_temperature_mixture(mixture, names, temperature)
   return names

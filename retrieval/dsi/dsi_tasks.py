@@ -38,6 +38,14 @@ Corpora (read by `retrieval.datasets`):
                minimum interest); queries split by the same md5 rule of
                'cranfield:<query id>'. Queries with no relevant document
                are dropped.
+    beir:<folder>, msmarco:<folder>
+               your own collection (`retrieval.collection_files`), named
+               '<kind>_<folder>' (tasks 'beir_scifact_dsi', ...): keys
+               are its document ids, relevant = grade >= `min_grade`.
+               Training queries are the 'train' split's, test queries the
+               'test' (else 'dev') split's; a collection with no 'train'
+               split has its test queries split by the md5 rule of
+               '<name>:<query id>', as Cranfield's. Language 'und'.
 
 Features: 'inputs' (text vocabulary, EOS) and 'targets' (a
 `docids.DocidVocabulary`, EOS); seqio keeps '*_pretokenized'. Metrics on
@@ -70,11 +78,13 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from retrieval import collection_files
 from retrieval import datasets
 from retrieval.dsi import docids as docids_lib
 from retrieval.dsi import query_files
 from retrieval.search import passages
 from retrieval.dsi.trie import Trie
+from rosetta.data import bad_input
 from rosetta.data import text_pairs
 from rosetta import vocab as vocab_lib
 
@@ -152,6 +162,60 @@ def cranfield_corpus(min_grade: int = 1) -> DsiCorpus:
       queries[split].append(Query(qid, q, 'en', rel))
   return DsiCorpus('cranfield', rs.doc_ids, {'en': rs.docs},
                    _without_leaks(queries))
+
+
+# Language label of a collection's texts (ISO 639-2 'undetermined').
+COLLECTION_LANGUAGE = 'und'
+TEST_SPLITS = ('test', 'dev')   # a collection's test queries: the first found
+
+
+def collection_corpus(spec: str, min_grade: int = 1,
+                      on_bad_line: str = 'error') -> DsiCorpus:
+  """A BEIR or MS MARCO collection as a DSI corpus (see the module doc)."""
+  s = collection_files.parse_spec(spec)
+  found = collection_files.splits(s)
+  test = next((t for t in TEST_SPLITS if t in found), None)
+  if test is None:
+    raise ValueError(f'dsi_tasks: collection {spec!r} has no test split '
+                     f'{TEST_SPLITS} (splits: {found})')
+
+  def read(split):
+    return collection_files.read_split(s, split, on_bad_line=on_bad_line)
+  rs = read(test)
+  queries = {'train': [], 'test': []}
+
+  def add(split, rs, by_md5=False):
+    for qid, q in zip(rs.query_ids, rs.queries):
+      rel = _relevant(rs.qrels[qid], min_grade)
+      if rel:
+        to = datasets.xquad_split(f'{s.name}:{qid}') if by_md5 else split
+        queries[to].append(Query(qid, q, COLLECTION_LANGUAGE, rel))
+  if 'train' in found:
+    add('train', read('train'))
+    add('test', rs)
+  else:
+    add(None, rs, by_md5=True)
+  return DsiCorpus(s.name, rs.doc_ids, {COLLECTION_LANGUAGE: rs.docs},
+                   _without_leaks(queries))
+
+
+def read_corpus(corpus: str, *,
+                index_languages: Sequence[str] = datasets.XQUAD_LANGUAGES,
+                query_languages: Sequence[str] = datasets.XQUAD_LANGUAGES,
+                min_grade: int = 1, on_bad_line: str = 'error',
+                field: str = 'dsi_tasks.setup.corpus') -> DsiCorpus:
+  """'xquad', 'cranfield' or a collection spec ('beir:<folder>', ...);
+  `field` names the setting in the error for anything else."""
+  if corpus == 'xquad':
+    return xquad_corpus(index_languages, query_languages)
+  if corpus == 'cranfield':
+    return cranfield_corpus(min_grade)
+  kind, sep, _ = corpus.partition(':')
+  if sep and kind in collection_files.COLLECTION_KINDS:
+    return collection_corpus(corpus, min_grade, on_bad_line)
+  raise ValueError(f'{field} must be one of {CORPORA} or a collection spec '
+                   "such as 'beir:/data/scifact' or 'msmarco:/data/msmarco', "
+                   f'got {corpus!r}')
 
 
 # ---------------------------------------------------------------- tasks ---
@@ -426,21 +490,21 @@ def setup(corpus: str = 'xquad', docid_kind: str = 'atomic',
           query_languages: Sequence[str] = datasets.XQUAD_LANGUAGES,
           min_grade: int = 1, synthetic_queries: str | None = None,
           synthetic_ratio: float = 1.0, suffix: str = '',
-          index_windows: bool = False) -> DsiSetup:
+          index_windows: bool = False,
+          on_bad_line: str = 'error') -> DsiSetup:
   """Reads the corpus, makes (or loads) the docids, registers the tasks.
 
   model_vocab_size: the model's T5Config.vocab_size; checked to hold the
     docid tokens (atomic ids add one token per document).
   synthetic_queries: a JSONL file of `retrieval.dsi.synthetic_queries`; its
     queries become indexing examples at rate `synthetic_ratio`.
+  corpus: 'xquad', 'cranfield' or a collection spec (module doc), whose
+    bad lines are errors or, with on_bad_line='skip', skipped and counted.
   """
-  if corpus == 'xquad':
-    dsi_corpus = xquad_corpus(index_languages, query_languages)
-  elif corpus == 'cranfield':
-    dsi_corpus = cranfield_corpus(min_grade)
-  else:
-    raise ValueError(f'dsi_tasks.setup.corpus must be one of {CORPORA}, got '
-                     f'{corpus!r}')
+  bad_input.check_policy(on_bad_line, 'dsi_tasks.setup.on_bad_line')
+  dsi_corpus = read_corpus(corpus, index_languages=index_languages,
+                           query_languages=query_languages,
+                           min_grade=min_grade, on_bad_line=on_bad_line)
   mapping = load_or_make_mapping(mapping_path, dsi_corpus, docid_kind,
                                  embeddings=embeddings, k=k, c=c, seed=seed)
   vocab = docids_lib.DocidVocabulary(mapping, text_vocabulary(vocabulary))

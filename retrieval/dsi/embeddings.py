@@ -114,13 +114,14 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   p.add_argument('--dual_encoder', required=True,
                  help='run directory of a dual-encoder `rosetta train`')
-  p.add_argument('--corpus', choices=['xquad', 'cranfield'], required=True)
+  p.add_argument('--corpus', required=True,
+                 help="'xquad', 'cranfield' or a collection spec "
+                 "('beir:<folder>', 'msmarco:<folder>')")
   p.add_argument('--out', required=True, help='.npy path to write')
   p.add_argument('--batch_size', type=int, default=32)
   args = p.parse_args(argv)
   from retrieval.dsi import dsi_tasks
-  corpus = (dsi_tasks.xquad_corpus() if args.corpus == 'xquad'
-            else dsi_tasks.cranfield_corpus())
+  corpus = dsi_tasks.read_corpus(args.corpus)
   run = load_dual_encoder(args.dual_encoder)
   emb = doc_embeddings(run, corpus.doc_texts, args.batch_size)
   print(f'{save_embeddings(args.out, emb)}: {emb.shape[0]} documents x '

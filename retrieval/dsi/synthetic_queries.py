@@ -94,14 +94,11 @@ def qgen_setup(corpus: str = 'xquad', vocabulary: str = 'bytes',
                min_grade: int = 1, doc_length: int = 128,
                suffix: str = '') -> str:
   """gin `task_setup` hook: reads the corpus and registers its query
-  generation task (`languages`: XQuAD's documents and queries)."""
-  if corpus == 'xquad':
-    c = dsi_tasks.xquad_corpus(languages, languages)
-  elif corpus == 'cranfield':
-    c = dsi_tasks.cranfield_corpus(min_grade)
-  else:
-    raise ValueError(f'synthetic_queries.qgen_setup.corpus must be one of '
-                     f'{dsi_tasks.CORPORA}, got {corpus!r}')
+  generation task (`languages`: XQuAD's documents and queries; corpus
+  may also be a collection spec, `dsi_tasks.read_corpus`)."""
+  c = dsi_tasks.read_corpus(corpus, index_languages=languages,
+                            query_languages=languages, min_grade=min_grade,
+                            field='synthetic_queries.qgen_setup.corpus')
   return register_qgen_task(c, dsi_tasks.text_vocabulary(vocabulary),
                             doc_length=doc_length, suffix=suffix)
 

@@ -56,6 +56,8 @@ from typing import Callable, Sequence
 from absl import logging
 
 from rosetta.data import django_po
+from rosetta.data import parallel_corpus
+from rosetta.data import record_files
 from rosetta.data import text_pairs
 from rosetta.data.languages import LANGUAGES, Language, language  # noqa: F401
 
@@ -370,8 +372,25 @@ def django_splits(lang: str, spec: SplitSpec = DJANGO_SPLIT) -> Splits:
 CORPORA = ('tatoeba', 'flores', 'multi30k', 'django')
 
 
-def available(corpus: str, root: str | None = None) -> bool:
-  """Whether the corpus's files are here (django: whether it is installed)."""
+# A built-in corpus by name, or one of your own (files named in gin).
+Corpus = str | parallel_corpus.ParallelCorpus
+
+
+def corpus_name(corpus: Corpus) -> str:
+  if isinstance(corpus, parallel_corpus.ParallelCorpus):
+    return corpus.name
+  if corpus not in CORPORA:
+    raise ValueError(f'unknown corpus {corpus!r}; known: {CORPORA}, or a '
+                     'rosetta.data.parallel_corpus.ParallelCorpus of your '
+                     'own files')
+  return corpus
+
+
+def available(corpus: Corpus, root: str | None = None) -> bool:
+  """Whether the corpus's files are here (django: whether it is installed;
+  a ParallelCorpus: always, its files are checked when read)."""
+  if isinstance(corpus, parallel_corpus.ParallelCorpus):
+    return True
   if corpus == 'tatoeba':
     return bool(tatoeba_languages(root))
   if corpus == 'flores':
@@ -421,8 +440,8 @@ def direction_splits(corpus: str, src: str, tgt: str, *,
   raise ValueError(f'direction_splits: unknown corpus {corpus!r}')
 
 
-def source(corpus: str, src: str, tgt: str, *, root: str | None = None,
-           spec: SplitSpec | None = None) -> text_pairs.TextPairSource:
+def source(corpus: Corpus, src: str, tgt: str, *, root: str | None = None,
+           spec: SplitSpec | None = None):
   """A lazy seqio source of {'source', 'target'} strings for one direction.
 
   Splits: tatoeba/django/multi30k: train, validation, test; flores:
@@ -431,6 +450,8 @@ def source(corpus: str, src: str, tgt: str, *, root: str | None = None,
   whole file pair, pairs in the split, empty pairs skipped in the file).
   """
   src, tgt = language(src).code, language(tgt).code
+  if isinstance(corpus, parallel_corpus.ParallelCorpus):
+    return corpus.source(src, tgt)  # streamed from its files
   if corpus == 'multi30k':
     return multi30k_source(src, tgt, root)
   load = direction_splits(corpus, src, tgt, root=root, spec=spec)
@@ -448,20 +469,28 @@ def source(corpus: str, src: str, tgt: str, *, root: str | None = None,
                              description=f'{corpus} {src}->{tgt}')
 
 
-def training_texts(corpus: str, languages: Sequence[str], *,
-                   root: str | None = None, split: str = 'train'
+def training_texts(corpus: Corpus, languages: Sequence[str], *,
+                   root: str | None = None, split: str = 'train',
+                   max_pairs: int | None = 200_000
                    ) -> dict[str, list[str]]:
   """{lang: sentences} from the `split` side of each language (for a
   vocabulary). English-centric corpora give English from every pair read.
+  A ParallelCorpus is read from the start of its files, at most `max_pairs`
+  pairs per language pair.
   """
   codes = sorted({language(l).code for l in languages})
   out: dict[str, list[str]] = {l: [] for l in codes}
   others = [l for l in codes if l != 'en'] or (
       ['de'] if corpus == 'multi30k' else [])
   if not others:
-    raise ValueError(f'{corpus}: name at least one non-English language')
+    raise ValueError(f'{corpus_name(corpus)}: name at least one non-English '
+                     'language')
   for other in others:
-    if corpus == 'multi30k':
+    if isinstance(corpus, parallel_corpus.ParallelCorpus):
+      read = corpus.source('en', other).get_dataset(split, shuffle=False)
+      pairs = [(ex['source'].decode(), ex['target'].decode())
+               for ex in record_files.rows(read.take(max_pairs or -1))]
+    elif corpus == 'multi30k':
       pairs = multi30k_source('en', other, root).pairs(split)
     else:
       loaded = direction_splits(corpus, 'en', other, root=root)()

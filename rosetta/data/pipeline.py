@@ -69,6 +69,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from rosetta.data import bad_input
 from rosetta.data import iterator_state as iterator_checkpoint_lib
 from rosetta.data import length_buckets as length_buckets_lib
 from rosetta import native_logs, partitioning
@@ -420,7 +421,11 @@ class InputPipeline:
              or self._batches_consumed == self._built_at)
     with (native_logs.quiet_native_stderr() if first
           else contextlib.nullcontext()):
-      batch = next(self._tf_iterator())
+      try:
+        batch = next(self._tf_iterator())
+      except tf.errors.OpError as e:  # a bad line of a data file?
+        bad_input.reraise(e)
+        raise
     local = {k: v.numpy() for k, v in batch.items()}
     self._batches_consumed += 1
     return {k: jax.make_array_from_process_local_data(
