@@ -135,8 +135,9 @@ def register_task(name: str, source: seqio.DataSource,
   """One translation Task from a {'source', 'target'} source into `tgt`.
 
   Preprocessors: text pair -> inputs/targets (tag as text for byte
-  vocabularies), tokenize, prepend the tag id (SentencePiece), EOS after
-  trimming (a truncated example keeps its tag and ends in EOS).
+  vocabularies), tokenize, prepend the tag id (SentencePiece), the cache
+  point, EOS after trimming (a truncated example keeps its tag and ends in
+  EOS).
   """
   tgt = sources.language(tgt).code
   tag = vocab_lib.language_token(tgt)
@@ -148,6 +149,8 @@ def register_task(name: str, source: seqio.DataSource,
   if token is not None:
     preprocessors.append(functools.partial(prepend_token, token_id=token,
                                            tag=tag))
+  # What comes before is what an offline cache (`rosetta cache`) stores.
+  preprocessors.append(seqio.CacheDatasetPlaceholder())
   preprocessors.append(seqio.preprocessors.append_eos_after_trim)
   if replace:
     seqio.TaskRegistry.remove(name)

@@ -252,6 +252,7 @@ def register_text_pair_task(
           text_pair_to_inputs_targets, source_key=source_key,
           target_key=target_key, input_prefix=input_prefix),
       seqio.preprocessors.tokenize,
+      seqio.CacheDatasetPlaceholder(),  # what `rosetta cache` stores
       seqio.preprocessors.append_eos_after_trim,
   ]
   return seqio.TaskRegistry.add(
