@@ -114,9 +114,12 @@ def reraise(op_error: Exception) -> None:
   """Raises the `BadInputError` behind a TensorFlow error (an assertion
   carrying its text); returns if there is none (the caller re-raises)."""
   error, _LAST[0] = _LAST[0], None
-  if error is not None and str(error) in str(op_error):
-    raise error from None
   found = re.search(r'assertion failed: \[(.+?)\]\n', str(op_error) + '\n',
                     re.S)
-  if found:
-    raise ValueError(found.group(1)) from None
+  if not found:
+    return
+  # TensorFlow prints the message with quotes and backslashes escaped.
+  text = found.group(1).replace("\\'", "'").replace('\\\\', '\\')
+  if error is not None and str(error) == text:
+    raise error from None
+  raise ValueError(text) from None

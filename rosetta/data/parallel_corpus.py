@@ -30,9 +30,10 @@ Formats:
   'jsonl'  `fields='{lang}'`: dotted path of each language's text, e.g.
            'translation.{lang}' (the Hugging Face translation layout)
   'moses'  one file per language, line-aligned (patterns contain {lang})
-  'tfds'   `tfds_name='wmt14_translate/{pair}'` read from `tfds_data_dir`
-           (prepared beforehand: nothing is downloaded); features are the
-           language codes, splits are TFDS's
+  'tfds'   `tfds_name='wmt14_translate/{pair}:1.0.0'` read from
+           `tfds_data_dir` (prepared beforehand: nothing is downloaded);
+           features are the language codes; `splits`, if given, maps split
+           names to TFDS splits or slices ({'validation': 'train[:1%]'})
 
 Bad lines raise naming the file and line, or with `on_bad_line='skip'` are
 skipped and counted (`rosetta.data.bad_input`). Pairs are English-centric
@@ -112,9 +113,10 @@ class ParallelCorpus:
       raise ValueError(f'ParallelCorpus({name}).format={format!r}: expected '
                        f'one of {FORMATS}')
     if format == 'tfds':
-      if not tfds_name:
+      if not tfds_name or ':' not in tfds_name:
         raise ValueError(f'ParallelCorpus({name}): format tfds needs '
-                         'tfds_name, e.g. "wmt14_translate/{pair}"')
+                         'tfds_name with its version, e.g. '
+                         f'"wmt14_translate/{{pair}}:1.0.0" (got {tfds_name!r})')
     elif not splits:
       raise ValueError(f'ParallelCorpus({name}).splits: give file patterns '
                        "per split, e.g. {'train': 'data/train.{lang}'}")
@@ -216,9 +218,11 @@ class ParallelCorpus:
       return self._file_source(src, tgt)
     pair = pair_name(src, tgt, self.pair_order)
     name = self.tfds_name.replace('{pair}', pair)
+    # read_only: a dataset not prepared in tfds_data_dir is an error, never
+    # a download.
     inner = seqio.TfdsDataSource(tfds_name=name,
                                  tfds_data_dir=self.tfds_data_dir,
-                                 splits=list(self.splits) or None)
+                                 splits=self.splits or None, read_only=True)
     return RenamedFeatures(inner, {src: 'source', tgt: 'target'})
 
   def texts(self, lang: str, other: str, split: str = 'train',

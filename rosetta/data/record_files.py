@@ -180,10 +180,10 @@ class _Parser:
   def _bad(self, path, line, reason):
     bad_input.handle(self.policy, path, line, reason)
 
-  def _text(self, path, line, raw, feature, where):
+  def _text(self, path, line, raw, empty_reason):
     text = decode(path, line, raw).strip() if raw is not None else None
     if not text:
-      self._bad(path, line, f'empty {feature!r} ({where})')
+      self._bad(path, line, empty_reason)
       return None
     return text
 
@@ -197,7 +197,8 @@ class _Parser:
           self._bad(path, line, f'expected {expected} tab-separated columns,'
                     f' found {len(cells)}')
           continue
-        row = [self._text(path, line, cells[c], f, f'column {c + 1}')
+        row = [self._text(path, line, cells[c],
+                          f'empty {f!r} (column {c + 1})')
                for f, c in zip(self.fmt.features, columns.tolist())]
       except bad_input.BadInputError as e:
         self._bad(path, line, e.reason)  # raises under 'error'
@@ -260,8 +261,8 @@ class _Parser:
                          f'has {line - 1} lines but {longer[0]} has more: '
                          'the files are not line-aligned')
       try:
-        row = [self._text(p, line, lines[k, i], f, 'line')
-               for k, (p, f) in enumerate(zip(paths, self.fmt.features))]
+        row = [self._text(p, line, lines[k, i], 'empty line')
+               for k, p in enumerate(paths)]
       except bad_input.BadInputError as e:
         self._bad(e.path, e.line, e.reason)
         continue

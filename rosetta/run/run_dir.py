@@ -44,6 +44,8 @@ CONFIG = 'config.gin'
 CHECKPOINTS = 'checkpoints'
 TRAIN_METRICS = 'train_metrics.jsonl'
 TENSORBOARD = 'tb'
+# Lines of data files skipped under on_bad_line='skip' (rosetta.data.bad_input).
+SKIPPED_INPUT = 'skipped_input.json'
 
 
 @gin.configurable

@@ -24,11 +24,13 @@ import numpy as np  # noqa: E402
 # these modules register configurables.
 from rosetta import optimizers, partitioning  # noqa: E402
 from rosetta.checkpoint import manager as checkpoints  # noqa: E402
+from rosetta.data import bad_input  # noqa: E402
 from rosetta.data import evaluation
 from rosetta.data import pipeline  # noqa: E402
 from rosetta import allocator  # noqa: E402
 from rosetta.run import device_peak  # noqa: E402
 from rosetta.run import files as run_files  # noqa: E402
+from rosetta.run import run_dir as run_dir_lib  # noqa: E402
 from rosetta.run.run_dir import RunDir, task_setup  # noqa: E402
 from rosetta.run import progress as run_logging  # noqa: E402
 from rosetta import trainer as trainer_lib  # noqa: E402
@@ -255,6 +257,7 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
             'accuracy': float(sums['correct']) / tokens}
 
   step = start_step
+  skipped = 0  # bad input lines skipped so far (on_bad_line='skip')
   end = total_steps if stop_after_steps is None else min(
       total_steps, start_step + stop_after_steps)
   tokens_since = 0.0
@@ -287,6 +290,7 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
           _log_metrics(metrics_log, {'step': s, **host})
         logger.train_report(step, host, tokens_since)
         tokens_since, pending = 0.0, []
+        skipped = _report_skipped_input(run, skipped)
         over_wall, over_cpu = over_budget()
         if over_wall:
           _log(f'time budget of {time_budget_s:.0f}s reached at step {step}')
@@ -322,6 +326,20 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
   _log(f'done: step {step} (training loop: {loop_cpu:.1f} CPU s, '
        f'{loop_wall:.1f} s wall)')
   return state
+
+
+def _report_skipped_input(run: RunDir, reported: int) -> int:
+  """Writes what the input skipped (`bad_input.SKIPPED`) into the run
+  directory when it grew; returns the new total."""
+  total = bad_input.SKIPPED.total()
+  if total != reported:
+    name = run_dir_lib.SKIPPED_INPUT if jax.process_count() == 1 else (
+        f'skipped_input.process_{jax.process_index()}.json')
+    run_files.atomic_write_json(run.file(name), bad_input.SKIPPED.report())
+    if not reported:
+      _log(f'the input skipped bad lines (on_bad_line=skip): see '
+           f'{run.file(name)}')
+  return total
 
 
 @gin.configurable
