@@ -155,6 +155,11 @@ def test_nmt_setup_trains_the_vocabulary_on_the_corpus_and_streams_tasks(
   assert ex['targets_pretokenized'].decode() == train[0][0]
   assert setup.vocabulary.decode(ex['targets'].tolist()) == train[0][0]
   assert ex['inputs_pretokenized'].decode() == '<2en> ' + train[0][1]
+  from rosetta.data import mixtures
+  assert mixtures.training_examples('po_translate_en_fr') == len(train)
+  batch = next(seqio.get_mixture_or_task('po_mixture').get_dataset(
+      {'inputs': 32, 'targets': 32}, 'train', seed=0).as_numpy_iterator())
+  assert batch['targets'][-1] == 1  # EOS after trimming
 
 
 def test_vocab_command_from_files_gin_corpus_and_task(corpus_files, tmp_path,

@@ -61,6 +61,14 @@ def test_globs_read_files_in_sorted_order(tmp_path):
                              rf.Tsv({'x': 0})))
 
 
+def test_count_records_for_mixture_rates(tmp_path):
+  write(tmp_path / 'a.tsv.gz', 'en\tde\nx\ty\nx\ty\n', 'wt')
+  write(tmp_path / 'b.tsv.gz', 'en\tde\nx\ty', 'wt')  # no final newline
+  src = rf.RecordFileSource({'train': str(tmp_path / '*.tsv.gz')},
+                            rf.Tsv({'en': 'en'}, header=True))
+  assert src.count_records('train') == 3
+
+
 def test_jsonl_dotted_fields(tmp_path):
   p = write(tmp_path / 'x.jsonl',
             '{"translation": {"de": "Hallo", "en": "Hello"}, "id": 1}\n'

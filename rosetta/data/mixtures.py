@@ -45,6 +45,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from rosetta.data import record_files
 from rosetta.data import text_pairs
 
 CHOICE_BLOCK = 1024   # u_k drawn in blocks; part of the stream's definition
@@ -117,6 +118,8 @@ def training_examples(task: seqio.Task | str, split: str = 'train') -> int:
   src = task.source
   if isinstance(src, text_pairs.TextPairSource):
     return len(src.pairs(split))
+  if isinstance(src, record_files.RecordFileSource):
+    return src.count_records(split)
   n = src.num_input_examples(split)
   if n is None:
     raise ValueError(f'{task.name}: its source does not know its number of '

@@ -85,6 +85,9 @@ class RenamedFeatures(seqio.DataSource):
   def list_shards(self, split: str):
     return self._inner.list_shards(split)
 
+  def num_input_examples(self, split: str):
+    return self._inner.num_input_examples(split)
+
   def get_dataset(self, split: str = 'train', shuffle: bool = True,
                   seed: int | None = None,
                   shard_info: seqio.ShardInfo | None = None, **kwargs):

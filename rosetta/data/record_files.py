@@ -110,6 +110,16 @@ def first_line(path: str) -> str:
   return decode(path, 1, raw.rstrip(b'\n').rstrip(b'\r'))
 
 
+def count_lines(path: str) -> int:
+  """Lines of a file (a last line without its newline counts)."""
+  lines, last = 0, b'\n'
+  with open_text(path) as f:
+    while chunk := f.read(1 << 22):
+      lines += chunk.count(b'\n')
+      last = chunk[-1:]
+  return lines + (last != b'\n')
+
+
 def decode(path: str, line: int, raw: bytes) -> str:
   """UTF-8 text of a line; a `BadInputError` naming file and line if not."""
   try:
@@ -288,6 +298,7 @@ class RecordFileSource(seqio.DataSource):
     self._description = description or repr(self._split_files)
     self._shards: dict[str, list[tuple[str, ...]]] = {}
     self._columns: dict[str, tuple[list[list[int]], list[int]]] = {}
+    self._counts: dict[str, int] = {}
     super().__init__(splits=tuple(self._split_files),
                      num_input_examples=None, caching_permitted=True)
 
@@ -323,6 +334,19 @@ class RecordFileSource(seqio.DataSource):
 
   def list_shards(self, split: str) -> list[str]:
     return [s[0] for s in self.shards(split)]
+
+  def count_records(self, split: str) -> int:
+    """Lines of the split (headers excluded; bad lines included): one pass
+    over the files, counting newlines, remembered. For mixture rates; not
+    `num_input_examples`, which would make seqio cache a small split in
+    memory and freeze its per-epoch order."""
+    if split not in self._counts:
+      total = 0
+      for shard in self.shards(split):
+        total += count_lines(shard[0]) - int(
+            isinstance(self.format, Tsv) and self.format.header)
+      self._counts[split] = total
+    return self._counts[split]
 
   def _tsv_columns(self, split: str) -> tuple[list[list[int]], list[int]]:
     """Per shard: column positions of the features and the expected column
