@@ -41,9 +41,8 @@ in `nmt.setup`; any pair the files hold can be read with `source(src, tgt)`.
 """
 from __future__ import annotations
 
-import itertools
 import re
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import gin
 import seqio
@@ -227,10 +226,3 @@ class ParallelCorpus:
                                  tfds_data_dir=self.tfds_data_dir,
                                  splits=self.splits or None, read_only=True)
     return RenamedFeatures(inner, {src: 'source', tgt: 'target'})
-
-  def texts(self, lang: str, other: str, split: str = 'train',
-            limit: int | None = None) -> Iterator[str]:
-    """`lang`'s side of the (lang, other) pairs of `split`, in file order."""
-    ds = self.source(lang, other).get_dataset(split, shuffle=False)
-    for ex in itertools.islice(record_files.rows(ds), limit):
-      yield ex['source'].decode('utf-8')
