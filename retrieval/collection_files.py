@@ -6,7 +6,8 @@ tasks, search and `ir_metrics`) takes them as they are.
 
 BEIR (also the layout of Mr. TyDi's and MIRACL's BEIR exports)::
 
-    scifact/corpus.jsonl      {"_id": "d1", "title": "Cats", "text": "Cats purr."}
+    scifact/corpus.jsonl      {"_id": "d1", "title": "Cats",
+                               "text": "Cats purr."}      (one line each)
     scifact/queries.jsonl     {"_id": "q1", "text": "Do cats purr?"}
     scifact/qrels/test.tsv    query-id<TAB>corpus-id<TAB>score     (header)
                               q1<TAB>d1<TAB>1
@@ -52,7 +53,9 @@ or document the other files lack, a query judging a document twice.
 Lines are split on b'\\n' only (never `str.splitlines`, which also splits
 on U+2028 and friends inside a passage) and a trailing '\\r' is dropped;
 blank lines hold no record and are passed over. Ids are strings (a JSON
-integer `_id` is read as its decimal string, as TSV qrels spell it).
+integer `_id` is read as its decimal string, as TSV qrels spell it); raw
+control characters inside JSON strings (a tab), which strict JSON
+forbids, are read as they are.
 
 Titles. A BEIR document is `title + title_separator + text` (' ', as
 BEIR's evaluation does; `title_separator=None` drops titles), or its title
@@ -62,13 +65,14 @@ so search, BM25, pair tasks and DSI indexing all see the title.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import gzip
 import json
 import os
 import re
-from typing import Iterator, Mapping, Sequence
+from typing import Iterator, Sequence
 
 from absl import logging
 
@@ -147,13 +151,20 @@ def _exists(path: str) -> bool:
   return os.path.isfile(path)
 
 
+@contextlib.contextmanager
 def _open(path: str):
+  """The file in binary, decompressed if its name ends in .gz."""
   if '://' in path:   # gs:// and the like, through TensorFlow's file system
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    f = tf.io.gfile.GFile(path, 'rb')
+    raw = tf.io.gfile.GFile(path, 'rb')
   else:
-    f = open(path, 'rb')
-  return gzip.GzipFile(fileobj=f) if path.endswith('.gz') else f
+    raw = open(path, 'rb')
+  with raw:           # GzipFile(fileobj=...) leaves `raw` open: close it here
+    if path.endswith('.gz'):
+      with gzip.GzipFile(fileobj=raw) as f:
+        yield f
+    else:
+      yield raw
 
 
 class _Reader:
@@ -203,7 +214,7 @@ class _Reader:
 
   def json_object(self, n: int, text: str) -> dict | None:
     try:
-      obj = json.loads(text)
+      obj = json.loads(text, strict=False)   # raw tabs inside strings: fine
     except json.JSONDecodeError as e:
       self.bad(n, f'not valid JSON ({e.msg} at column {e.colno})')
       return None
@@ -334,15 +345,22 @@ def _id_text_tsv(key: tuple, path: str, policy: str, id_name: str,
 
 # ----------------------------------------------------------------- qrels ---
 
+@dataclasses.dataclass
+class _Qrels:
+  judged: dict[str, dict[str, int]]   # {qid: {doc id: grade}}, file order
+  named: set[str]     # known queries named by any row, bad ones included
+  skipped: int
+
+
 def _read_qrels(path: str, policy: str, queries: _Texts, docs: _Texts,
-                trec: bool) -> tuple[dict[str, dict[str, int]], int]:
-  """{qid: {doc id: grade}} in file order, and the lines skipped. BEIR:
-  3 tab-separated columns after a 'query-id corpus-id score' header; TREC:
-  'qid iteration docid grade', any whitespace, no header."""
+                trec: bool) -> _Qrels:
+  """BEIR: 3 tab-separated columns after a 'query-id corpus-id score'
+  header; TREC: 'qid iteration docid grade', any whitespace, no header."""
   reader = _Reader(path, policy)
   names = (('query-id', 'iteration', 'corpus-id', 'score') if trec
            else BEIR_QRELS_HEADER)
   qrels: dict[str, dict[str, int]] = {}
+  named: set[str] = set()
   first: dict[tuple[str, str], int] = {}
   for n, line in reader.lines():
     cells = reader.columns(n, line, names, None if trec else '\t')
@@ -351,6 +369,8 @@ def _read_qrels(path: str, policy: str, queries: _Texts, docs: _Texts,
     if not trec and tuple(c.lower() for c in cells) == BEIR_QRELS_HEADER:
       continue          # the header (only the exact one: no data dropped)
     qid, did, grade = (cells[0], cells[2], cells[3]) if trec else cells
+    if qid in queries.by_id:
+      named.add(qid)
     if not re.fullmatch(r'[+-]?\d+', grade):
       reader.bad(n, f'score {grade!r} is not an integer')
       continue
@@ -366,13 +386,14 @@ def _read_qrels(path: str, policy: str, queries: _Texts, docs: _Texts,
       continue
     first[qid, did] = n
     qrels.setdefault(qid, {})[did] = int(grade)
-  return qrels, reader.skipped
+  return _Qrels(qrels, named, reader.skipped)
 
 
 def _assemble(name: str, qrels_path: str, split_queries: Sequence[str],
-              queries: _Texts, docs: _Texts, qrels: dict, skipped: int,
+              queries: _Texts, docs: _Texts, judged: _Qrels,
               stats: ReadStats | None) -> datasets.RetrievalSet:
   """The set of the split's queries that have a relevant document."""
+  qrels = judged.judged
   keep = [q for q in split_queries
           if any(g >= 1 for g in qrels.get(q, {}).values())]
   if not docs.ids:
@@ -390,7 +411,7 @@ def _assemble(name: str, qrels_path: str, split_queries: Sequence[str],
   stats.documents = len(docs.ids)
   stats.queries = len(keep)
   stats.judgements = sum(len(d) for d in kept_qrels.values())
-  stats.skipped_lines = queries.skipped + docs.skipped + skipped
+  stats.skipped_lines = queries.skipped + docs.skipped + judged.skipped
   stats.queries_without_relevant = dropped
   return datasets.RetrievalSet(
       name, tuple(keep), tuple(queries.by_id[q] for q in keep), docs.ids,
@@ -421,11 +442,10 @@ def read_beir(directory: str, split: str = 'test', *,
                      'document', title_separator)
   queries = _beir_jsonl(_file_key(queries_path), queries_path, policy,
                         'query', None)
-  qrels, skipped = _read_qrels(qrels_path, policy, queries, docs, trec=False)
-  in_split = [q for q in queries.ids if q in qrels]
+  judged = _read_qrels(qrels_path, policy, queries, docs, trec=False)
+  in_split = [q for q in queries.ids if q in judged.named]
   name = f'beir:{Spec("beir", directory).stem}:{split}'
-  return _assemble(name, qrels_path, in_split, queries, docs, qrels, skipped,
-                   stats)
+  return _assemble(name, qrels_path, in_split, queries, docs, judged, stats)
 
 
 def _beir_splits(directory: str) -> tuple[str, ...]:
@@ -451,8 +471,8 @@ def read_msmarco_files(collection: str, queries: str, qrels: str, *,
   docs = _id_text_tsv(_file_key(collection), collection, policy, 'pid',
                       'passage')
   qs = _id_text_tsv(_file_key(queries), queries, policy, 'qid', 'query')
-  judged, skipped = _read_qrels(qrels, policy, qs, docs, trec=True)
-  return _assemble(name, qrels, qs.ids, qs, docs, judged, skipped, stats)
+  judged = _read_qrels(qrels, policy, qs, docs, trec=True)
+  return _assemble(name, qrels, qs.ids, qs, docs, judged, stats)
 
 
 def read_msmarco(directory: str, split: str = 'dev', *,

@@ -23,6 +23,9 @@ and document ids / texts, plus TREC-style qrels ``{qid: {doc_id: grade}}``
            queries renumbered '1'..'225' in file order (the `.I` numbers of
            cran.qry have gaps; cranqrel uses the renumbered ones).
 
+Your own collections (BEIR folders, MS MARCO TSVs) are read into the same
+`RetrievalSet` by `retrieval.collection_files`.
+
 Cranfield grades. cranqrel.readme gives Cleverdon's codes, where LOWER is
 more relevant: 1 = complete answer, 2 = high relevance, 3 = useful
 background, 4 = minimum interest (5 = no interest, never listed). nDCG needs
