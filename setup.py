@@ -51,7 +51,10 @@ CORE = [
 
 EXTRAS = {
     # nbclient/ipykernel execute the notebooks headless in tests.
-    'test': ['pytest>=9.2,<10', 'pytest-xdist>=3.8,<4', 'nbclient>=0.11,<0.12',
+    # importlib_resources: tensorflow-datasets builds datasets with it (the
+    # TFDS tests build one) without declaring it.
+    'test': ['pytest>=9.2,<10', 'pytest-xdist>=3.8,<4',
+             'importlib_resources>=6,<8', 'nbclient>=0.11,<0.12',
              'nbformat>=5.11,<6', 'ipykernel>=7.4,<8'],
     # Outside implementations that tests and benchmarks compare against.
     # torch 2.13.0 is the CPU build; a bare `torch` would pull a CUDA build.
@@ -59,6 +62,7 @@ EXTRAS = {
     # loss) in benchmarks/retrieval_quality.py.
     'peers': ['torch>=2.13.0,<2.14', 'transformers>=5.24.0,<6',
               'sentence-transformers>=6.2.0,<7'],
+    'beam': ['apache-beam>=2.77,<3'],  # `rosetta cache` (offline preprocessing)
 }
 
 setup(

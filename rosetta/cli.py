@@ -46,6 +46,7 @@ GIN_RUNS = {
 # The core's own non-gin commands: name -> 'module:function'.
 CORE_COMMANDS = {
     'average': 'rosetta.checkpoint.averaging:main',
+    'cache': 'rosetta.data.beam_cache:main',
     'plot': 'rosetta.run.plots:main',
     'vocab': 'rosetta.vocab_command:main',
 }
