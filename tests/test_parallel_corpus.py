@@ -185,6 +185,16 @@ def test_vocab_command_from_files_gin_corpus_and_task(corpus_files, tmp_path,
   with open(out, 'rb') as a, open(out2, 'rb') as b:
     assert a.read() == b.read()  # the same sentences either way
   assert 'x 2 groups (en, fr)' in capsys.readouterr().out
+  out3 = str(tmp_path / 'v3.model')
+  try:
+    assert vocab_command.main([
+        '--gin_file', 'experiments/tiny_django_en_fr.gin', '--task',
+        'django_translate_en_fr_bytes', '--vocab_size', '500',
+        '--output', out3]) == 0
+  finally:
+    gin.clear_config()
+  assert ('x 2 groups (django_translate_en_fr_bytes:source, '
+          'django_translate_en_fr_bytes:target)') in capsys.readouterr().out
   with pytest.raises(SystemExit):
     vocab_command.main(['--files', f'en={root}/missing*', '--vocab_size',
                         '500', '--output', out])
