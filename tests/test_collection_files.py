@@ -363,8 +363,14 @@ def test_pair_tasks_from_a_collection_and_from_triples(tmp_path):
   assert [(q, p) for q, p, _ in src.pairs('train')] == [
       ('Do cats purr?', 'Cats Cats purr.'), ('Do cats purr?', 'Cows moo.')]
   assert src.pairs('validation') == [('Who barks?', 'Dogs\u2028bark.', ())]
-  tsrc = seqio.get_mixture_or_task('triples_pairs_triples').source
-  assert tsrc.pairs('train') == [('a?', 'yes a', ('no a',))]
+  triples_task = seqio.get_mixture_or_task('triples_pairs_triples')
+  assert list(triples_task.source.get_dataset(
+      'train', shuffle=False).as_numpy_iterator()) == [
+              {'queries': b'a?', 'positives': b'yes a', 'negative': b'no a'}]
+  ex = next(triples_task.get_dataset(
+      {'queries': 8, 'positives': 8, 'negatives': 8}, 'train',
+      shuffle=False).as_numpy_iterator())
+  assert ex['negatives'].tolist() == [[113, 114, 35, 100, 1]]  # 'no a' EOS
   # min_grade 2: only the grade-2 document is a positive.
   pair_tasks.register_collection_pair_task(seqio.ByteVocabulary(),
                                            f'beir:{root}', min_grade=2)
