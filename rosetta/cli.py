@@ -136,10 +136,16 @@ def main(argv=None) -> int:
     return 0 if argv else 2
   command, rest = argv[0], argv[1:]
   native_logs.import_tensorflow_quietly()
-  if command in GIN_RUNS:
-    return run_gin_command(command, rest)
-  if command in commands:
-    return _load(commands[command])(rest)
+  from rosetta.data import bad_input  # pylint: disable=import-outside-toplevel
+  try:
+    if command in GIN_RUNS:
+      return run_gin_command(command, rest)
+    if command in commands:
+      return _load(commands[command])(rest)
+  except bad_input.BadInputError as e:  # a data file's line: one line out
+    # Its first line: gin appends "In call to configurable ..." below it.
+    print(f'rosetta {command}: {str(e).splitlines()[0]}', file=sys.stderr)
+    return 1
   print(f'rosetta: unknown command {command!r}; one of '
         f'{", ".join([*GIN_RUNS, *sorted(commands)])} (rosetta --help)',
         file=sys.stderr)
