@@ -17,6 +17,9 @@ rate n^(1/T) (or annealing T from `anneal_from` to `temperature`). With
 FLORES present, every non-English pair (e.g. de->fr) is registered for
 zero-shot evaluation as `flores_translate_{src}_{tgt}`.
 `vocab_path='bytes'` uses seqio's byte vocabulary instead (no training).
+Training copies the vocabulary into the run (`<run>/assets/`); `rosetta
+translate` and `RunDir.load` read that copy, so a moved run decodes the
+same, and a missing vocabulary is then an error, never a retrain.
 
 A pretrained model brings its own vocabulary: with `base_vocab_path` (e.g.
 mT5's `spiece.model`, or the HF checkpoint directory that holds it),
@@ -36,6 +39,7 @@ import gin
 import seqio
 
 from rosetta import vocab as vocab_lib
+from rosetta.run import run_dir
 from translation import tasks
 from rosetta.data import mixtures
 from rosetta.data import corpora as sources
@@ -69,6 +73,11 @@ def build_vocabulary(path: str, corpus: str, languages, vocab_size: int,
                      ) -> seqio.Vocabulary:
   if path == 'bytes':
     return seqio.ByteVocabulary()
+  if not os.path.exists(path) and run_dir.reading_a_run():
+    raise FileNotFoundError(
+        f'{path}: the vocabulary of this run is missing (nmt.setup.'
+        'vocab_path); a new one would decode garbage. Copy it back, or '
+        're-train the run')
   all_langs = sorted({'en', *languages})
   if not os.path.exists(path) and base_vocab_path:
     if os.path.isdir(base_vocab_path):  # an HF checkpoint directory
@@ -86,6 +95,7 @@ def build_vocabulary(path: str, corpus: str, languages, vocab_size: int,
         sample, path, vocab_size=vocab_size,
         language_tokens=[l.code for l in sources.LANGUAGES],
         fit_vocab_size=True)
+  run_dir.register_asset('nmt.setup.vocab_path', path)
   return vocab_lib.load_vocabulary(path, languages=all_langs)
 
 

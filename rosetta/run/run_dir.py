@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import logging
 import os
 from typing import Any, Sequence
@@ -48,12 +49,35 @@ TENSORBOARD = 'tb'
 SKIPPED_INPUT = 'skipped_input.json'
 
 
+ASSETS = 'assets'
+ASSETS_INDEX = 'assets.json'
+# gin binding -> the file this process's task setup read it from.
+_ASSETS: dict[str, str] = {}
+_READING_A_RUN = [False]
+
+
+def register_asset(binding: str, path: str) -> None:
+  """Task-setup code names a file a run needs to decode, by the gin binding
+  that points at it (a vocabulary: 'nmt.setup.vocab_path'). Training copies
+  it into `<run>/assets/`; a loaded run binds the copy, so a run directory
+  moved or copied elsewhere decodes identically without the original."""
+  _ASSETS[binding] = path
+
+
+def reading_a_run() -> bool:
+  """True while `RunDir.parse_config` sets up a saved run's tasks: setup
+  code must then read files, never create them (a missing vocabulary
+  retrained from whatever data is present decodes garbage)."""
+  return _READING_A_RUN[0]
+
+
 @gin.configurable
 def task_setup(register_fns: Sequence = ()):
   """Runs task-registration functions named in gin before a run, e.g.
   `task_setup.register_fns = [@nmt.register_nmt_tasks]` (no parentheses:
   gin passes the configured function, called here). Tasks registered at
   import time (an `import` line in the gin file) need nothing here."""
+  _ASSETS.clear()  # what this setup registers, not an earlier one's
   for fn in register_fns:
     fn()
 
@@ -168,10 +192,58 @@ class RunDir:
     `register_fns` (extra callables). Returns the config's path."""
     path = self.require().config_path
     gin_utils.parse([path], finalize=False)
-    task_setup()
-    for fn in register_fns:
-      fn()
+    self.bind_assets()
+    _READING_A_RUN[0] = True
+    try:
+      task_setup()
+      for fn in register_fns:
+        fn()
+    finally:
+      _READING_A_RUN[0] = False
     return path
+
+  def save_assets(self) -> dict[str, str]:
+    """Copies the files named by `register_asset` into `<run>/assets/` and
+    indexes them in `assets.json` ({binding: relative path}); process 0
+    writes. Returns the index."""
+    index = {}
+    for binding, source in sorted(_ASSETS.items()):
+      name = f'{binding}{os.path.splitext(source)[1]}'
+      index[binding] = f'{ASSETS}/{name}'
+      target = self.file(ASSETS, name)
+      if jax.process_index() or os.path.abspath(source) == target:
+        continue
+      with open(source, 'rb') as f:
+        data = f.read()
+      if os.path.exists(target):
+        with open(target, 'rb') as f:
+          if f.read() == data:
+            continue
+        raise ValueError(
+            f'{binding}: {source} differs from the copy the run was trained '
+            f'with ({target}); use the run\'s copy or a new run directory')
+      files.makedirs(self.file(ASSETS))
+      with files.atomic_open(target, 'wb') as f:
+        f.write(data)
+    if index and not jax.process_index():
+      files.atomic_write_json(self.file(ASSETS_INDEX), index)
+    return index
+
+  def bind_assets(self) -> None:
+    """Binds each asset of `assets.json` to the run's own copy (see
+    `register_asset`); a missing copy is an error naming it."""
+    path = self.file(ASSETS_INDEX)
+    if not os.path.exists(path):
+      return  # a run from before assets were kept, or without any
+    with open(path, encoding='utf-8') as f:
+      index = json.load(f)
+    for binding, relative in index.items():
+      copy = self.file(relative)
+      if not os.path.exists(copy):
+        raise FileNotFoundError(
+            f'{copy}: the run needs this file ({binding}) to decode and it '
+            'is missing; copy it back from where the run was trained')
+      gin.bind_parameter(binding, copy)
 
   # --------------------------------------------------------- checkpoints ---
 

@@ -175,6 +175,7 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
   run = RunDir(model_dir).create()
   if config_text:  # every process compares, process 0 writes
     run.write_config(config_text, allow_change=allow_config_change)
+  run.save_assets()   # the vocabulary travels with the run
   mesh = mesh if mesh is not None else partitioning.make_mesh()
   part = partitioning.Partitioner(mesh)
   converter_cls = _feature_converter_cls(model)
