@@ -180,8 +180,7 @@ class TaskSetup:
   gin_bindings: tuple[str, ...] = ()
 
   def __call__(self) -> None:
-    # Imported here: gin runs pull in the model code, which a worker that
-    # only reads tasks needs no sooner.
+    # Imported when called: they pull in the model and trainer code.
     from rosetta import gin_utils  # pylint: disable=import-outside-toplevel
     from rosetta.run import run_dir  # pylint: disable=import-outside-toplevel
     gin_utils.parse(self.gin_files, self.gin_bindings, finalize=False)

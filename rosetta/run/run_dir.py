@@ -213,12 +213,10 @@ class RunDir:
       target = self.file(ASSETS, name)
       if jax.process_index() or os.path.abspath(source) == target:
         continue
-      with open(source, 'rb') as f:
-        data = f.read()
-      if os.path.exists(target):
-        with open(target, 'rb') as f:
-          if f.read() == data:
-            continue
+      data = epath.Path(source).read_bytes()   # gs:// too
+      if epath.Path(target).exists():
+        if epath.Path(target).read_bytes() == data:
+          continue
         raise ValueError(
             f'{binding}: {source} differs from the copy the run was trained '
             f'with ({target}); use the run\'s copy or a new run directory')
@@ -232,14 +230,13 @@ class RunDir:
   def bind_assets(self) -> None:
     """Binds each asset of `assets.json` to the run's own copy (see
     `register_asset`); a missing copy is an error naming it."""
-    path = self.file(ASSETS_INDEX)
-    if not os.path.exists(path):
+    path = epath.Path(self.file(ASSETS_INDEX))
+    if not path.exists():
       return  # a run from before assets were kept, or without any
-    with open(path, encoding='utf-8') as f:
-      index = json.load(f)
+    index = json.loads(path.read_text(encoding='utf-8'))
     for binding, relative in index.items():
       copy = self.file(relative)
-      if not os.path.exists(copy):
+      if not epath.Path(copy).exists():
         raise FileNotFoundError(
             f'{copy}: the run needs this file ({binding}) to decode and it '
             'is missing; copy it back from where the run was trained')
