@@ -15,6 +15,7 @@ by length for speed; the output keeps the input order, one line per line
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Sequence
 
@@ -57,8 +58,39 @@ def parse_args(argv):
                  help='longer inputs are truncated (counted on stderr)')
   p.add_argument('--step', type=int, default=None,
                  help='checkpoint step (default: newest good one)')
+  p.add_argument('--zero_shot', action='store_true',
+                 help='allow a target language the run was not trained '
+                 'into (its <2xx> token must be in the vocabulary)')
   p.add_argument('--no_progress', action='store_true')
-  return p.parse_args(argv)
+  args = p.parse_args(argv)
+  for flag in ('batch_size', 'max_length', 'max_input_length'):
+    if getattr(args, flag) <= 0:
+      p.error(f'--{flag} {getattr(args, flag)}: must be positive')
+  if args.output != '-':
+    folder = os.path.dirname(os.path.abspath(args.output))
+    if os.path.isdir(args.output):
+      p.error(f'--output {args.output}: is a folder; name a file')
+    if not os.path.isdir(folder):
+      p.error(f'--output {args.output}: the folder {folder} does not exist')
+    if not os.access(folder, os.W_OK):
+      p.error(f'--output {args.output}: the folder {folder} is not writable')
+  if args.input != '-' and not os.path.isfile(args.input):
+    p.error(f'--input {args.input}: no such file')
+  return args
+
+
+def read_input_lines(stream, name: str) -> list[str]:
+  """Lines split on '\\n' only, for a file and stdin alike (a lone '\\r'
+  or U+2028 inside a line stays in it: splitting there would shift every
+  later output line); a trailing '\\r' (CRLF) is dropped; invalid UTF-8 is
+  an error naming the line."""
+  from rosetta.data import record_files
+  raw = stream.read().split(b'\n')
+  if raw and raw[-1] == b'':
+    raw.pop()
+  return [record_files.decode(name, i, line[:-1] if line.endswith(b'\r')
+                              else line)
+          for i, line in enumerate(raw, 1)]
 
 
 def _bucket(n: int, size: int = 16) -> int:
@@ -80,9 +112,32 @@ class Translator:
     task = gin.query_parameter('train.task')
     self.vocabulary = (seqio.get_mixture_or_task(task)
                        .output_features['inputs'].vocabulary)
+    self.trained_targets = trained_targets(task)
     wrapper = encoder_decoder_model.EncoderDecoderModel()
     trainer, state, step = run.restore_for_inference(wrapper, None, step)
     self._attach(trainer, wrapper, state['params'], step)
+
+  def target_refusal(self, lang: str, zero_shot: bool = False) -> str | None:
+    """Why translating into `lang` is refused, or None. Targets the run was
+    not trained into need `zero_shot` and their token in the vocabulary;
+    an unknown code is always refused."""
+    import seqio
+    from rosetta import vocab as vocab_lib
+    from rosetta.data.languages import language
+    try:
+      code = language(lang).code
+    except (KeyError, ValueError) as e:
+      return str(e)
+    if self.trained_targets is None or code in self.trained_targets:
+      return None
+    trained = ', '.join(sorted(self.trained_targets))
+    if not zero_shot:
+      return (f'the run was trained into {trained} only; pass --zero_shot '
+              'to translate into another language anyway')
+    if (vocab_lib.language_token_id(self.vocabulary, code) is None
+        and not isinstance(self.vocabulary, seqio.ByteVocabulary)):
+      return f'the vocabulary has no <2{code}> token'
+    return None
 
   def _attach(self, trainer, wrapper, params, step):
     self.wrapper, self.trainer, self.step = wrapper, trainer, step
@@ -150,17 +205,24 @@ class Translator:
     return out
 
 
+def trained_targets(task: str) -> set[str] | None:
+  """Target languages of an `nmt.setup` mixture or task (None: unknown,
+  e.g. a task registered some other way)."""
+  from translation import nmt
+  try:
+    setup = nmt.last_setup(task)
+  except KeyError:
+    return None
+  return {tgt for _, tgt in setup.directions}
+
+
 def main(argv=None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else argv)
   if args.input == '-':
-    lines = sys.stdin.read().split('\n')
-    if lines and lines[-1] == '':
-      lines.pop()
+    lines = read_input_lines(sys.stdin.buffer, '<stdin>')
   else:
-    with open(args.input, encoding='utf-8') as f:
-      lines = f.read().split('\n')
-    if lines and lines[-1] == '':
-      lines.pop()
+    with open(args.input, 'rb') as f:
+      lines = read_input_lines(f, args.input)
   try:   # checked before the model loads, not after the first batch
     options = DecodeOptions(
         num_beams=args.beam_size, max_decode_length=args.max_length,
@@ -171,6 +233,11 @@ def main(argv=None) -> int:
     print(f'rosetta translate: {e}', file=sys.stderr)
     return 2
   translator = Translator(args.checkpoint, args.step)
+  refusal = translator.target_refusal(args.target_lang, args.zero_shot)
+  if refusal:
+    print(f'rosetta translate: --target_lang {args.target_lang}: {refusal}',
+          file=sys.stderr)
+    return 2
   outputs = translator.translate(
       lines, args.target_lang, options=options, batch_size=args.batch_size,
       max_input_length=args.max_input_length,
