@@ -146,5 +146,7 @@ def test_exact_resume_after_kill_on_a_streamed_corpus(tmp_path):
   assert 'by iterator state' in out, out[-3000:]
   want, got = losses(straight), losses(killed)
   assert sorted(got) == sorted(want) == list(range(1, 25))
+  with open(metrics) as f:  # rows past the checkpoint were not kept twice
+    assert [json.loads(l)['step'] for l in f] == list(range(1, 25))
   for step in want:
     assert got[step] == want[step], (step, got[step], want[step])

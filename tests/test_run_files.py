@@ -37,6 +37,19 @@ def test_jsonl_appender_keeps_earlier_lines(tmp_path, rewrite):
   assert steps == [1, 2, 3]
 
 
+@pytest.mark.parametrize('rewrite', [False, True])
+def test_a_resume_keeps_only_rows_up_to_its_step(tmp_path, rewrite):
+  path = tmp_path / 'train_metrics.jsonl'
+  path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n{"ste',
+                  encoding='utf-8')  # killed mid-line after step 3
+  resumed = run_files.JsonlAppender(path, rewrite=rewrite)
+  assert resumed.keep(lambda r: r['step'] <= 2) == 2
+  resumed.append({'step': 3})
+  assert [json.loads(x)['step'] for x in path.read_text().splitlines()] == [
+      1, 2, 3]
+  assert resumed.keep(lambda r: True) == 0
+
+
 def test_remote_paths_are_recognised():
   assert run_files.is_remote('gs://bucket/run')
   assert not run_files.is_remote('/tmp/run')

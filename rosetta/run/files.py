@@ -142,6 +142,28 @@ class JsonlAppender:
       self._lines = (self.path.read_text().splitlines(keepends=True)
                      if self.path.exists() else [])
 
+  def keep(self, predicate) -> int:
+    """Rewrites the file (atomically) with only the records for which
+    `predicate(record)` holds, dropping a torn last line too; returns how
+    many lines were dropped. A resumed run drops the rows of steps past
+    its checkpoint, which it is about to log again."""
+    if not self.path.exists():
+      return 0
+    lines = self.path.read_text(encoding='utf-8').splitlines(keepends=True)
+    kept = []
+    for line in lines:
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:
+        continue  # a line cut short by a kill
+      if predicate(record):
+        kept.append(line if line.endswith('\n') else line + '\n')
+    if len(kept) != len(lines):
+      atomic_write_text(self.path, ''.join(kept))
+      if self._lines is not None:
+        self._lines = kept
+    return len(lines) - len(kept)
+
   def append(self, record: dict) -> None:
     line = json.dumps(record) + '\n'
     if self._lines is not None:

@@ -239,6 +239,11 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
       flops_per_token=flops.flops(1.0),
       deadline=None if time_budget_s is None else time.time() + time_budget_s)
   metrics_log = run_files.JsonlAppender(run.train_metrics_path)
+  if jax.process_index() == 0:
+    dropped = metrics_log.keep(lambda r: r.get('step', 0) <= start_step)
+    if dropped:  # logged after the checkpoint, about to be logged again
+      _log(f'{run.train_metrics_path}: dropped {dropped} rows past the '
+           f'restored step {start_step}')
   _log(f'training {task} for {total_steps} steps on mesh '
        f'{dict(mesh.shape)} ({jax.process_count()} process(es)); '
        f'{flops.num_params / 1e6:.2f}M parameters; malloc: '
