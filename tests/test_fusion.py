@@ -141,6 +141,29 @@ def test_cli_tunes_fuses_and_reports(tmp_path, capsys):
   assert 'one per run' in capsys.readouterr().err
 
 
+def test_cli_refuses_empty_or_disjoint_runs_and_bad_qrels(tmp_path, capsys):
+  from rosetta import cli
+  a = _write(tmp_path / 'a.trec', {'q1': {'d1': 1.0}, 'q2': {'d2': 1.0}})
+  other = _write(tmp_path / 'c.trec', {'x1': {'d1': 1.0}})
+  empty = tmp_path / 'empty.trec'
+  empty.write_text('')
+  out = tmp_path / 'never.trec'
+  assert cli.main(['fuse', a, str(empty), '--out', str(out)]) == 2
+  assert f'{empty}: the run is empty' in capsys.readouterr().err
+  assert cli.main(['fuse', a, other, '--out', str(out)]) == 2
+  assert 'the runs have no query in common' in capsys.readouterr().err
+  qrels = tmp_path / 'bad.qrels'
+  qrels.write_text('q1 0 d1\n')
+  assert cli.main(['fuse', a, a, '--qrels', str(qrels), '--out',
+                   str(out)]) == 2
+  assert f'{qrels}:1' in capsys.readouterr().err
+  assert not out.exists()  # nothing written before the qrels were read
+  partial = _write(tmp_path / 'p.trec', {'q1': {'d3': 1.0}})
+  assert cli.main(['fuse', a, partial, '--out', str(out)]) == 0
+  assert '1 of 2 queries are missing from some runs' in (
+      capsys.readouterr().err)
+
+
 @pytest.mark.skipif(not datasets.available('cranfield'),
                     reason='needs the Cranfield collection')
 def test_real_bm25_runs_on_cranfield():

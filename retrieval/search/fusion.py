@@ -179,6 +179,26 @@ def _floats(text: str, flag: str) -> list[float]:
                      f'got {text!r}') from None
 
 
+def checked_inputs(paths, runs) -> None:
+  """Refuses inputs whose fusion would silently be something else: an
+  empty run (the fusion is the other run alone) or runs sharing no query
+  (nothing is fused). Queries in some runs only are counted on stderr."""
+  for path, run in zip(paths, runs):
+    if not run:
+      raise ValueError(f'{path}: the run is empty (no query); fusing it '
+                       'would return the other runs unchanged')
+  if len(runs) > 1:
+    shared = set.intersection(*(set(r) for r in runs))
+    if not shared:
+      raise ValueError(f'{", ".join(paths)}: the runs have no query in '
+                       'common (different query sets or id formats?)')
+    every = set.union(*(set(r) for r in runs))
+    if len(every) > len(shared):
+      print(f'rosetta fuse: {len(every) - len(shared)} of {len(every)} '
+            'queries are missing from some runs (fused from the others)',
+            file=sys.stderr)
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(
       prog='rosetta fuse',
@@ -223,13 +243,14 @@ def main(argv=None) -> int:
         print(f'tune  weights {",".join(f"{x:g}" for x in w):24s} '
               f'{a.metric} {v:.4f}')
       print(f'tuned weights: {",".join(f"{x:g}" for x in weights)}')
-    fused = fuse([ir_metrics.read_run(f) for f in a.runs], a.method, weights,
-                 **kwargs)
+    runs = [ir_metrics.read_run(f) for f in a.runs]
+    checked_inputs(a.runs, runs)
+    qrels = ir_metrics.read_qrels(a.qrels) if a.qrels else None  # before
+    fused = fuse(runs, a.method, weights, **kwargs)                # writing
     ir_metrics.write_run(a.out, fused, tag=a.tag)
     print(f'wrote {a.out} ({len(fused)} queries)')
-    if a.qrels:
-      for name, value in ir_metrics.evaluate(
-          fused, ir_metrics.read_qrels(a.qrels)).items():
+    if qrels is not None:
+      for name, value in ir_metrics.evaluate(fused, qrels).items():
         print(f'{name:12s} {value:.4f}')
   except (ValueError, OSError) as e:
     print(f'rosetta fuse: {e}', file=sys.stderr)
