@@ -192,6 +192,16 @@ def test_flores_mismatched_files(tmp_path):
     sources.flores_splits('en', 'de', str(tmp_path))
 
 
+def test_flores_metadata_must_have_one_row_per_sentence(tmp_path):
+  for lang in ('eng_Latn', 'deu_Latn'):
+    (tmp_path / f'{lang}.devtest').write_text('a\nb\nc\n', encoding='utf-8')
+  (tmp_path / 'metadata_devtest.tsv').write_text(
+      'URL\tdomain\nu1\twiki\nu2\tnews\n', encoding='utf-8')  # a row gone
+  with pytest.raises(ValueError, match=r'metadata_devtest.tsv has 2 rows '
+                     r'after its header but .*eng_Latn.devtest has 3 lines'):
+    sources.flores_splits('en', 'de', str(tmp_path))
+
+
 # ------------------------------------------------------------- multi30k ---
 
 @needs_multi30k

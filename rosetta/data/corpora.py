@@ -279,6 +279,14 @@ def flores_validation_lines(root: str | None = None,
     order = sorted(range(len(ref)), key=lambda i: hash_unit(str(i)))
     return frozenset(order[:n])
   rows = _flores_lines(meta)[1:]          # header: URL domain topic ...
+  sentences = os.path.join(root, 'eng_Latn.devtest')
+  if os.path.exists(sentences):
+    expected = len(_flores_lines(sentences))
+    if len(rows) != expected:  # a row off and every later one is misplaced
+      raise ValueError(
+          f'{meta} has {len(rows)} rows after its header but {sentences} '
+          f'has {expected} lines: the metadata must give one row per '
+          'sentence')
   docs: dict[str, list[int]] = {}
   for i, row in enumerate(rows):
     docs.setdefault(row.split('\t')[0], []).append(i)
