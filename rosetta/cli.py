@@ -118,7 +118,10 @@ def run_gin_command(command: str, argv) -> int:
   import gin  # pylint: disable=import-outside-toplevel
   from rosetta import gin_utils  # pylint: disable=import-outside-toplevel
   from rosetta.run import run_dir, runs  # pylint: disable=import-outside-toplevel
-  gin_utils.parse(args.gin_file, args.gin_bindings, finalize=False)
+  try:
+    gin_utils.parse(args.gin_file, args.gin_bindings, finalize=False)
+  except Exception as e:  # a typo, a missing file: the invocation's fault
+    raise UsageError(str(e)) from e
   runs.distributed()
   gin.finalize()
   if command == 'train':
@@ -128,8 +131,17 @@ def run_gin_command(command: str, argv) -> int:
   return 0
 
 
+class UsageError(Exception):
+  """A mistake in the invocation (gin files and bindings): exit status 2."""
+
+
 def main(argv=None) -> int:
+  """Runs a command. Errors end it with one message and no traceback
+  (exit 2: the invocation, 1: at run time); `--debug` or ROSETTA_DEBUG=1
+  re-raises them for the traceback."""
   argv = sys.argv[1:] if argv is None else list(argv)
+  debug = '--debug' in argv or os.environ.get('ROSETTA_DEBUG') == '1'
+  argv = [a for a in argv if a != '--debug']
   commands = {**CORE_COMMANDS, **application_commands()}
   if not argv or argv[0] in ('-h', '--help', 'help'):
     print(_top_level_help(commands))
@@ -143,8 +155,23 @@ def main(argv=None) -> int:
     if command in commands:
       return _load(commands[command])(rest)
   except bad_input.BadInputError as e:  # a data file's line: one line out
+    if debug:
+      raise
     # Its first line: gin appends "In call to configurable ..." below it.
     print(f'rosetta {command}: {str(e).splitlines()[0]}', file=sys.stderr)
+    return 1
+  except UsageError as e:
+    if debug:
+      raise
+    print(f'rosetta {command}: {e}', file=sys.stderr)
+    return 2
+  except Exception as e:  # pylint: disable=broad-except
+    if debug:
+      raise
+    kind = '' if isinstance(e, (ValueError, OSError)) else (
+        f'{type(e).__name__}: ')
+    print(f'rosetta {command}: {kind}{e}\n(rosetta {command} --debug ... '
+          'shows the traceback)', file=sys.stderr)
     return 1
   print(f'rosetta: unknown command {command!r}; one of '
         f'{", ".join([*GIN_RUNS, *sorted(commands)])} (rosetta --help)',

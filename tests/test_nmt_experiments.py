@@ -189,8 +189,8 @@ def test_mt5_finetune_trains_from_hf_checkpoint(mt5_dir, tmp_path):
       'train.batch_size = 8', 'train.log_period = 1',
       "train.task_feature_lengths = {'inputs': 32, 'targets': 32}",
       'train.async_checkpoint = False', 'train.eval_tasks = []']
-  cli.main(['train', '--gin_file=experiments/mt5_finetune_tatoeba.gin']
-                   + [f'--gin_bindings={b}' for b in bindings])
+  assert cli.main(['train', '--gin_file=experiments/mt5_finetune_tatoeba.gin']
+                  + [f'--gin_bindings={b}' for b in bindings]) == 0
 
   # The vocabulary is the stand-in spiece.model plus <2de>, <2en>, <2fr>
   # at the end: every base id is unchanged.

@@ -89,7 +89,9 @@ def main(argv=None) -> int:
   train_argv += [f'--gin_file={f}' for f in args.gin_file]
   train_argv += [f'--gin_bindings={b}' for b in bindings]
   t0 = time.time()
-  cli.main(train_argv)
+  rc = cli.main(train_argv)
+  if rc:  # the error is printed; nothing to evaluate
+    return rc
   print(f'\ntraining took {(time.time() - t0) / 60:.1f} min', flush=True)
 
   from rosetta.decoding.algorithms import DecodeOptions
