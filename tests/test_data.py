@@ -267,6 +267,15 @@ def test_parallel_text_source_bad_utf8_names_file_and_line(tmp_path):
     text_pairs.read_parallel_text(src, tgt, max_lines=1)
 
 
+def test_a_truncated_gzip_file_is_named(tmp_path):
+  whole = write(tmp_path / 'w.en.gz', 'one\ntwo\n' * 200)
+  cut = tmp_path / 'cut.en.gz'
+  with open(whole, 'rb') as f:
+    cut.write_bytes(f.read()[:40])
+  with pytest.raises(ValueError, match=rf'{cut}: not a complete gzip file'):
+    text_pairs.read_lines(str(cut))
+
+
 def test_empty_split_is_an_error():
   source = text_pairs.pairs_source({'train': [(' ', 'x'), ('y', '')]})
   with pytest.raises(ValueError, match=r"'train' has no pairs \(2 read, 2 "):

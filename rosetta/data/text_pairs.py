@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import gzip
 import io
+import zlib
 from typing import Any, Callable, Mapping, Sequence
 
 from absl import logging
@@ -34,7 +35,10 @@ def read_lines(path: str) -> list[bytes]:
   with tf.io.gfile.GFile(path, 'rb') as f:
     data = f.read()
   if path.endswith('.gz'):
-    data = gzip.GzipFile(fileobj=io.BytesIO(data)).read()
+    try:
+      data = gzip.GzipFile(fileobj=io.BytesIO(data)).read()
+    except (EOFError, OSError, zlib.error) as e:  # truncated or not gzip
+      raise ValueError(f'{path}: not a complete gzip file ({e})') from None
   lines = data.split(b'\n')
   if lines and lines[-1] == b'':
     lines.pop()
