@@ -170,7 +170,10 @@ def main(argv=None) -> int:
       raise
     kind = '' if isinstance(e, (ValueError, OSError)) else (
         f'{type(e).__name__}: ')
-    print(f'rosetta {command}: {kind}{e}\n(rosetta {command} --debug ... '
+    # gin appends where the configurable was called: not the user's news.
+    message = '\n'.join(l for l in str(e).splitlines()
+                        if not l.startswith('  In call to configurable'))
+    print(f'rosetta {command}: {kind}{message}\n(rosetta {command} --debug ... '
           'shows the traceback)', file=sys.stderr)
     return 1
   print(f'rosetta: unknown command {command!r}; one of '

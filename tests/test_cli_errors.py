@@ -2,11 +2,16 @@
 2, a failure at run time 1, each with its message and no traceback;
 `--debug` (or ROSETTA_DEBUG=1) re-raises for the traceback."""
 
+import os
+import subprocess
+import sys
+
 import gin
 import pytest
 
 from rosetta import cli
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = ['train', '--gin_file=experiments/tiny_django_en_fr.gin']
 
 
@@ -39,3 +44,25 @@ def test_debug_re_raises(monkeypatch):
   monkeypatch.setenv('ROSETTA_DEBUG', '1')
   with pytest.raises(cli.UsageError, match='totl_steps'):
     cli.main([*BASE, '--gin.train.totl_steps=3'])
+
+
+def test_an_unregistered_task_stops_before_the_run_folder(tmp_path):
+  # A fresh process: example_tasks registers Multi30k at import time when
+  # its files are there.
+  env = dict(os.environ, ROSETTA_DATA_DIR=str(tmp_path / 'empty'),
+             JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3')
+  env['PYTHONPATH'] = REPO + os.pathsep + env.get('PYTHONPATH', '')
+  run = tmp_path / 'run'
+  p = subprocess.run(
+      [sys.executable, '-m', 'rosetta', 'train',
+       '--gin_file=experiments/tiny_multi30k_en_de.gin',
+       f"--gin.train.model_dir='{run}'"], env=env, cwd=REPO,
+      capture_output=True, text=True, timeout=300)
+  assert p.returncode == 1
+  err = p.stderr.strip().splitlines()
+  assert err[-2] == (
+      "rosetta train: no task or mixture named 'multi30k_translate_en_de_bytes'"
+      ' is registered. Tasks of a built-in corpus exist only when its files '
+      f'are in the data folder ({tmp_path}/empty); your own files: see '
+      'rosetta/data/parallel_corpus.py')
+  assert 'Traceback' not in p.stderr and not run.exists()

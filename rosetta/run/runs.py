@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 from rosetta import optimizers, partitioning  # noqa: E402
 from rosetta.checkpoint import manager as checkpoints  # noqa: E402
 from rosetta.data import bad_input  # noqa: E402
+from rosetta.data import corpora  # noqa: E402
 from rosetta.data import evaluation
 from rosetta.data import pipeline  # noqa: E402
 from rosetta import allocator  # noqa: E402
@@ -172,6 +173,7 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
   padded to their bucket's lengths (unpacked data of mixed lengths).
   """
   task_setup()
+  _check_registered([task, *(eval_tasks or [])])  # before the run folder
   run = RunDir(model_dir).create()
   if config_text:  # every process compares, process 0 writes
     run.write_config(config_text, allow_change=allow_config_change)
@@ -332,6 +334,23 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
   _log(f'done: step {step} (training loop: {loop_cpu:.1f} CPU s, '
        f'{loop_wall:.1f} s wall)')
   return state
+
+
+def _check_registered(names) -> None:
+  """A task or mixture that is not registered stops the run before its
+  folder is made, naming what is registered instead."""
+  import seqio  # pylint: disable=import-outside-toplevel
+  known = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
+  for name in names:
+    if name not in known:
+      prefix = name.split('_')[0]
+      near = sorted(k for k in known if k.startswith(prefix))[:8]
+      raise ValueError(
+          f'no task or mixture named {name!r} is registered'
+          + (f' (registered: {", ".join(near)}, ...)' if near else '')
+          + '. Tasks of a built-in corpus exist only when its files are in '
+          f'the data folder ({corpora.data_dir()}); your own files: see '
+          'rosetta/data/parallel_corpus.py')
 
 
 def _report_skipped_input(run: RunDir, reported: int) -> int:
