@@ -1,5 +1,6 @@
 """A run directory carries its vocabulary: moved elsewhere, with the
-original vocabulary file gone, it translates identically; with its own
+original vocabulary file and the data folder gone, it translates
+identically; with its own
 copy gone too, loading it is an error naming the file, never a retrain."""
 
 import os
@@ -20,7 +21,7 @@ TINY = ['encoder_decoder.T5Config.vocab_size = 512',
         'encoder_decoder.T5Config.num_encoder_layers = 1',
         'encoder_decoder.T5Config.num_decoder_layers = 1',
         'nmt.setup.vocab_size = 400',
-        "nmt.setup.corpus = 'django'",
+        "nmt.setup.corpus = 'tatoeba'",
         "nmt.setup.languages = ['fr']",
         'nmt.setup.zero_shot = False',
         "train.task_feature_lengths = {'inputs': 24, 'targets': 24}",
@@ -28,7 +29,11 @@ TINY = ['encoder_decoder.T5Config.vocab_size = 512',
 
 
 @pytest.mark.slow  # a training run and three restores
-def test_a_moved_run_translates_identically_and_never_retrains(tmp_path):
+def test_a_moved_run_translates_identically_and_never_retrains(
+    tmp_path, monkeypatch):
+  from rosetta.data import corpora
+  if not corpora.available('tatoeba'):
+    pytest.skip('Tatoeba not in the data directory')
   vocab = str(tmp_path / 'shared_vocab' / 'spm.model')
   run = str(tmp_path / 'run')
   try:
@@ -41,12 +46,13 @@ def test_a_moved_run_translates_identically_and_never_retrains(tmp_path):
   assert os.path.exists(os.path.join(run, 'assets',
                                      'nmt.setup.vocab_path.model'))
   options = DecodeOptions(num_beams=1, max_decode_length=12)
-  lines = ['Save and continue editing.', 'Delete']
+  lines = ['I like tea.', 'Where is the station?']
   before = Translator(run).translate(lines, 'fr', options=options)
   moved = str(tmp_path / 'elsewhere' / 'run')
   shutil.copytree(run, moved)
   shutil.rmtree(run)
-  os.remove(vocab)  # the file config.gin names is gone
+  os.remove(vocab)  # the file config.gin names is gone, and so is the data
+  monkeypatch.setenv('ROSETTA_DATA_DIR', str(tmp_path / 'no_data_here'))
   assert Translator(moved).translate(lines, 'fr', options=options) == before
   assert not os.path.exists(vocab)
   copy = os.path.join(moved, 'assets', 'nmt.setup.vocab_path.model')

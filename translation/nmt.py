@@ -60,7 +60,9 @@ def resolve_corpus(corpus: sources.Corpus) -> sources.Corpus:
   if not isinstance(corpus, str):
     return corpus  # a ParallelCorpus of your own files
   if corpus != 'auto':
-    if not sources.available(corpus):
+    # A saved run decodes from its own vocabulary: its corpus need not be
+    # on this machine (the tasks read nothing until a split is used).
+    if not sources.available(corpus) and not run_dir.reading_a_run():
       raise FileNotFoundError(f'corpus {corpus!r} is not available (data '
                               f'dir: {sources.tatoeba_root()})')
     return corpus
