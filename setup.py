@@ -3,7 +3,7 @@
 install_requires holds compatible ranges, so Rosetta installs beside other
 packages; constraints.txt is the lock (every transitive package at the
 version the tests ran with). A reproducible install:
-    pip install -c constraints.txt '.[test,peers]'
+    pip install -c constraints.txt '.[test,peers,beam]'
 (tools/setup_env.sh does that, editable, in .venv). The gin files (gin/)
 ship inside the wheel as the package data `rosetta/configs`.
 """

@@ -147,7 +147,8 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
           allow_config_change: bool = False,
           time_budget_s: float | None = None,
           cpu_budget_s: float | None = None,
-          checkpoint_input_iterator: bool = True, config_text: str = ''):
+          checkpoint_input_iterator: bool = True,
+          cache_dirs: list | None = None, config_text: str = ''):
   """Trains `model` on a seqio task or mixture until `total_steps`.
 
   Resumes from the newest good checkpoint in `model_dir` (parameters,
@@ -171,9 +172,17 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
   seqio's shuffle buffers). `length_buckets` (`rosetta/data/length_buckets.py`),
   e.g. `[{'positive_tokens': 32}]`: training batches of a few shapes,
   padded to their bucket's lengths (unpacked data of mixed lengths).
+  `cache_dirs`: folders written by `rosetta cache`; the training input then
+  reads every task's tokenized shards from there (seqio's `use_cached`),
+  and a task missing from them is an error.
   """
   task_setup()
   _check_registered([task, *(eval_tasks or [])])  # before the run folder
+  if cache_dirs:  # `rosetta cache` output: training reads the cached shards
+    import seqio  # pylint: disable=import-outside-toplevel
+    seqio.add_global_cache_dirs(list(cache_dirs))
+    for name in _task_names(task):
+      seqio.get_mixture_or_task(name).assert_cached()
   run = RunDir(model_dir).create()
   if config_text:  # every process compares, process 0 writes
     run.write_config(config_text, allow_change=allow_config_change)
@@ -208,7 +217,7 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
       global_batch_size=batch_size, partitioner=part, seed=seed,
       shuffle=shuffle, pack=pack, state=data_state,
       feature_converter_cls=converter_cls, iterator_checkpoint=iterator_state,
-      length_buckets=length_buckets)
+      length_buckets=length_buckets, use_cached=bool(cache_dirs))
   saver = train_input.save_iterator if checkpoint_input_iterator else None
   if length_buckets is not None:
     shares = train_input.bucket_shares
@@ -334,6 +343,14 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
   _log(f'done: step {step} (training loop: {loop_cpu:.1f} CPU s, '
        f'{loop_wall:.1f} s wall)')
   return state
+
+
+def _task_names(name: str) -> list[str]:
+  import seqio  # pylint: disable=import-outside-toplevel
+  provider = seqio.get_mixture_or_task(name)
+  if isinstance(provider, seqio.Mixture):
+    return [t.name for t in provider.tasks]
+  return [provider.name]
 
 
 def _check_registered(names) -> None:
