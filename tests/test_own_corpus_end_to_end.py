@@ -150,3 +150,31 @@ def test_exact_resume_after_kill_on_a_streamed_corpus(tmp_path):
     assert [json.loads(l)['step'] for l in f] == list(range(1, 25))
   for step in want:
     assert got[step] == want[step], (step, got[step], want[step])
+
+
+@pytest.mark.slow
+def test_training_from_the_beam_cache_matches_the_raw_files(tmp_path):
+  """`rosetta cache` then `rosetta train --gin.train.cache_dirs=[...]`:
+  unshuffled, the cached run sees the same batches as the raw one, so its
+  losses are the raw run's, step for step."""
+  root = str(tmp_path / 'data')
+  write_corpus(root, bad_line=False)
+  splits = {'train': f'{root}/train.{{lang}}'}
+  corpus = f'--gin.parallel_corpus.ParallelCorpus.splits={splits!r}'
+  cache = str(tmp_path / 'cache')
+  out = run(['cache', '--gin_file', 'experiments/own_corpus_tiny.gin',
+             '--gin', f'parallel_corpus.ParallelCorpus.splits = {splits!r}',
+             '--tasks', 'nmt_mixture', '--splits', 'train', '--hosts', '1',
+             '--output_cache_dir', cache])
+  assert 'own_translate_en_fr train' in out
+  args = ['--gin_file=experiments/own_corpus_tiny.gin', corpus,
+          '--gin.train.total_steps=6', '--gin.train.log_period=1',
+          '--gin.train.eval_period=0', '--gin.train.eval_tasks=[]',
+          '--gin.train.shuffle=False', '--gin.train.batch_size=8',
+          "--gin.train.task_feature_lengths={'inputs': 32, 'targets': 32}"]
+  raw, cached = str(tmp_path / 'raw'), str(tmp_path / 'cached')
+  run(['train', *args, f"--gin.train.model_dir='{raw}'"])
+  run(['train', *args, f"--gin.train.model_dir='{cached}'",
+       f"--gin.train.cache_dirs=['{cache}']"])
+  assert losses(cached) == losses(raw)
+  assert sorted(losses(raw)) == list(range(1, 7))
