@@ -51,6 +51,7 @@ import os
 import re
 
 from rosetta.data import corpora
+from rosetta.data import bad_input
 from rosetta.data import text_pairs
 
 XQUAD_LANGUAGES = ('ar', 'de', 'el', 'en', 'es', 'hi', 'ro', 'ru', 'th',
@@ -90,7 +91,7 @@ def _lines(path: str) -> list[str]:
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path}: no such file (data directory: '
                             f'{data_root()}; set ROSETTA_DATA_DIR)')
-  return [text_pairs.decode_line(path, i + 1, raw)
+  return [bad_input.decode(path, i + 1, raw)
           for i, raw in enumerate(text_pairs.read_lines(path))]
 
 

@@ -56,7 +56,7 @@ def file_texts(specs: list[str]) -> dict[str, list[str]]:
     for path in record_files.expand(pattern, f'--files {spec}'):
       with record_files.open_text(path) as f:
         for n, raw in enumerate(itertools.islice(f, _MAX_LINES_PER_GROUP), 1):
-          line = record_files.decode(path, n, raw.rstrip(b'\n').rstrip(b'\r'))
+          line = bad_input.decode(path, n, raw.rstrip(b'\n').rstrip(b'\r'))
           if line.strip():
             texts.append(line)
   return out

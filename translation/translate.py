@@ -84,13 +84,10 @@ def read_input_lines(stream, name: str) -> list[str]:
   or U+2028 inside a line stays in it: splitting there would shift every
   later output line); a trailing '\\r' (CRLF) is dropped; invalid UTF-8 is
   an error naming the line."""
-  from rosetta.data import record_files
-  raw = stream.read().split(b'\n')
-  if raw and raw[-1] == b'':
-    raw.pop()
-  return [record_files.decode(name, i, line[:-1] if line.endswith(b'\r')
-                              else line)
-          for i, line in enumerate(raw, 1)]
+  from rosetta.data import bad_input
+  from rosetta.data import text_pairs
+  return [bad_input.decode(name, i, line)
+          for i, line in enumerate(text_pairs.split_lines(stream.read()), 1)]
 
 
 def _bucket(n: int, size: int = 16) -> int:

@@ -43,6 +43,16 @@ class BadInputError(ValueError):
     super().__init__(f'{where}: {reason}')
 
 
+def decode(path: str, line: int, raw: bytes) -> str:
+  """UTF-8 text of a line; a `BadInputError` naming file and line if not."""
+  try:
+    return raw.decode('utf-8')
+  except UnicodeDecodeError as e:
+    raise BadInputError(
+        path, line, f'not valid UTF-8 ({e.reason} at byte {e.start}: '
+        f'{raw[max(0, e.start - 10):e.start + 10]!r})') from None
+
+
 def check_policy(policy: str, field: str = 'on_bad_line') -> str:
   if policy not in POLICIES:
     raise ValueError(f'{field}={policy!r}: expected one of {POLICIES}')

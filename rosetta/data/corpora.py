@@ -58,6 +58,7 @@ from absl import logging
 from rosetta.data import django_po
 from rosetta.data import parallel_corpus
 from rosetta.data import record_files
+from rosetta.data import bad_input
 from rosetta.data import text_pairs
 from rosetta.data.languages import LANGUAGES, Language, language  # noqa: F401
 
@@ -258,7 +259,7 @@ def _flores_lines(path: str) -> list[str]:
     raise FileNotFoundError(f'flores: no file {path}')
   # text_pairs' line reader: splits on b'\n' only; errors name file:line.
   raw = text_pairs.read_lines(path)
-  return [text_pairs.decode_line(path, i + 1, l).strip() for i, l in enumerate(raw)]
+  return [bad_input.decode(path, i + 1, l).strip() for i, l in enumerate(raw)]
 
 
 def flores_validation_lines(root: str | None = None,

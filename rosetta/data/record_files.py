@@ -107,7 +107,7 @@ def first_line(path: str) -> str:
       raw = f.readline()
   except (OSError, EOFError) as e:
     raise bad_input.BadInputError(path, 0, f'unreadable ({e})') from None
-  return decode(path, 1, raw.rstrip(b'\n').rstrip(b'\r'))
+  return bad_input.decode(path, 1, raw.rstrip(b'\n').rstrip(b'\r'))
 
 
 def count_lines(path: str) -> int:
@@ -118,16 +118,6 @@ def count_lines(path: str) -> int:
       lines += chunk.count(b'\n')
       last = chunk[-1:]
   return lines + (last != b'\n')
-
-
-def decode(path: str, line: int, raw: bytes) -> str:
-  """UTF-8 text of a line; a `BadInputError` naming file and line if not."""
-  try:
-    return raw.decode('utf-8')
-  except UnicodeDecodeError as e:
-    raise bad_input.BadInputError(
-        path, line, f'not valid UTF-8 ({e.reason} at byte {e.start}: '
-        f'{raw[max(0, e.start - 10):e.start + 10]!r})') from None
 
 
 def expand(patterns: str | Sequence[str], what: str) -> list[str]:
@@ -187,73 +177,68 @@ class _Parser:
                 *[np.array([], dtype=object) for _ in self.fmt.features]]
     return fn
 
-  def _bad(self, path, line, reason):
-    bad_input.handle(self.policy, path, line, reason)
+  def _keep(self, out, parse) -> None:
+    """Appends the texts `parse()` returns to `out`, one list per feature;
+    a `BadInputError` it raises goes through the policy (raise or count)."""
+    try:
+      row = parse()
+    except bad_input.BadInputError as e:
+      bad_input.handle(self.policy, e.path, e.line, e.reason)
+      return
+    for o, t in zip(out, row):
+      o.append(t.encode())
 
-  def _text(self, path, line, raw, empty_reason):
-    text = decode(path, line, raw).strip() if raw is not None else None
+  @staticmethod
+  def _text(path, line, raw, empty_reason) -> str:
+    text = bad_input.decode(path, line, raw).strip()
     if not text:
-      self._bad(path, line, empty_reason)
-      return None
+      raise bad_input.BadInputError(path, line, empty_reason)
     return text
 
+  def _tsv_row(self, path, line, raw, columns, expected) -> list[str]:
+    cells = raw.split(b'\t')
+    if len(cells) != expected:
+      raise bad_input.BadInputError(
+          path, line, f'expected {expected} tab-separated columns, found '
+          f'{len(cells)}')
+    return [self._text(path, line, cells[c], f'empty {f!r} (column {c + 1})')
+            for f, c in zip(self.fmt.features, columns)]
+
+  def _json_row(self, path, line, raw) -> list[str]:
+    def bad(reason):
+      return bad_input.BadInputError(path, line, reason)
+    try:
+      obj = json.loads(bad_input.decode(path, line, raw))
+    except json.JSONDecodeError as e:
+      raise bad(f'not valid JSON ({e.msg} at column {e.colno})') from None
+    if not isinstance(obj, dict):
+      raise bad(f'expected a JSON object, found {type(obj).__name__}')
+    row = []
+    for field in self.fmt.fields.values():
+      value = json_field(obj, field)
+      if value is None:
+        raise bad(f'no field {field!r}')
+      if not isinstance(value, str):
+        raise bad(f'field {field!r} is {type(value).__name__}, expected a '
+                  'string')
+      if not value.strip():
+        raise bad(f'empty field {field!r}')
+      row.append(value.strip())
+    return row
+
   def tsv(self, path, columns, expected, linenos, lines):
-    path = path.decode()
+    path, columns = path.decode(), columns.tolist()
     out = [[] for _ in self.fmt.features]
     for line, raw in zip(linenos.tolist(), lines.tolist()):
-      try:
-        cells = raw.split(b'\t')
-        if len(cells) != expected:
-          self._bad(path, line, f'expected {expected} tab-separated columns,'
-                    f' found {len(cells)}')
-          continue
-        row = [self._text(path, line, cells[c],
-                          f'empty {f!r} (column {c + 1})')
-               for f, c in zip(self.fmt.features, columns.tolist())]
-      except bad_input.BadInputError as e:
-        self._bad(path, line, e.reason)  # raises under 'error'
-        continue
-      if all(t is not None for t in row):
-        for o, t in zip(out, row):
-          o.append(t.encode())
+      self._keep(out, lambda: self._tsv_row(path, line, raw, columns,
+                                            expected))
     return [np.array(o, dtype=object) for o in out]
 
   def jsonl(self, path, linenos, lines):
     path = path.decode()
     out = [[] for _ in self.fmt.features]
     for line, raw in zip(linenos.tolist(), lines.tolist()):
-      try:
-        text = decode(path, line, raw)
-        try:
-          obj = json.loads(text)
-        except json.JSONDecodeError as e:
-          self._bad(path, line, f'not valid JSON ({e.msg} at column '
-                    f'{e.colno})')
-          continue
-        if not isinstance(obj, dict):
-          self._bad(path, line, f'expected a JSON object, found '
-                    f'{type(obj).__name__}')
-          continue
-        row = []
-        for feature, field in self.fmt.fields.items():
-          value = json_field(obj, field)
-          if value is None:
-            self._bad(path, line, f'no field {field!r}')
-            break
-          if not isinstance(value, str):
-            self._bad(path, line, f'field {field!r} is '
-                      f'{type(value).__name__}, expected a string')
-            break
-          if not value.strip():
-            self._bad(path, line, f'empty field {field!r}')
-            break
-          row.append(value.strip())
-      except bad_input.BadInputError as e:
-        self._bad(path, line, e.reason)
-        continue
-      if len(row) == len(out):
-        for o, t in zip(out, row):
-          o.append(t.encode())
+      self._keep(out, lambda: self._json_row(path, line, raw))
     return [np.array(o, dtype=object) for o in out]
 
   def aligned(self, paths, linenos, ended, lines):
@@ -270,15 +255,8 @@ class _Parser:
         bad_input.handle('error', short[0], 0,
                          f'has {line - 1} lines but {longer[0]} has more: '
                          'the files are not line-aligned')
-      try:
-        row = [self._text(p, line, lines[k, i], 'empty line')
-               for k, p in enumerate(paths)]
-      except bad_input.BadInputError as e:
-        self._bad(e.path, e.line, e.reason)
-        continue
-      if all(t is not None for t in row):
-        for o, t in zip(out, row):
-          o.append(t.encode())
+      self._keep(out, lambda: [self._text(p, line, lines[k, i], 'empty line')
+                               for k, p in enumerate(paths)])
     return [np.array(o, dtype=object) for o in out]
 
 

@@ -18,6 +18,8 @@ from absl import logging
 import seqio
 import tensorflow as tf
 
+from rosetta.data import bad_input
+
 
 @dataclasses.dataclass
 class TextPairStats:
@@ -39,19 +41,16 @@ def read_lines(path: str) -> list[bytes]:
       data = gzip.GzipFile(fileobj=io.BytesIO(data)).read()
     except (EOFError, OSError, zlib.error) as e:  # truncated or not gzip
       raise ValueError(f'{path}: not a complete gzip file ({e})') from None
+  return split_lines(data)
+
+
+def split_lines(data: bytes) -> list[bytes]:
+  """`data` split on b'\\n' only (see `read_lines`), a trailing b'\\r' of
+  each line (CRLF) dropped."""
   lines = data.split(b'\n')
   if lines and lines[-1] == b'':
     lines.pop()
   return [l[:-1] if l.endswith(b'\r') else l for l in lines]
-
-
-def decode_line(path: str, lineno: int, raw: bytes) -> str:
-  try:
-    return raw.decode('utf-8')
-  except UnicodeDecodeError as e:
-    raise ValueError(
-        f'{path}:{lineno}: not valid UTF-8 ({e.reason} at byte {e.start} of '
-        f'the line: {raw[max(0, e.start - 10):e.start + 10]!r})') from None
 
 
 def keep_nonempty(pairs, stats: TextPairStats) -> list[tuple[str, str]]:
@@ -86,12 +85,12 @@ def read_parallel_text(src_path: str, tgt_path: str, *,
         f'parallel files are not line-aligned: {src_path} has '
         f'{len(src_lines)} lines but {tgt_path} has {len(tgt_lines)}')
   n = len(src_lines) if max_lines is None else min(max_lines, len(src_lines))
-  pairs = ((decode_line(src_path, i + 1, src_lines[i]),
-            decode_line(tgt_path, i + 1, tgt_lines[i])) for i in range(n))
+  pairs = ((bad_input.decode(src_path, i + 1, src_lines[i]),
+            bad_input.decode(tgt_path, i + 1, tgt_lines[i])) for i in range(n))
   # Decode errors past max_lines are still errors: the file is bad.
   for i in range(n, len(src_lines)):
-    decode_line(src_path, i + 1, src_lines[i])
-    decode_line(tgt_path, i + 1, tgt_lines[i])
+    bad_input.decode(src_path, i + 1, src_lines[i])
+    bad_input.decode(tgt_path, i + 1, tgt_lines[i])
   out = keep_nonempty(pairs, stats)
   if stats.skipped_empty:
     logging.info('%s / %s: skipped %d of %d pairs with an empty side',
