@@ -15,6 +15,9 @@ is reported apart; the timed calls reuse the compiled program.
     python -m benchmarks.decoding --batch 8 --new-tokens 128 --strategy beam4
     python -m benchmarks.decoding --dtype bfloat16
 
+By default both systems run under glibc malloc and again under the
+retaining allocator (rosetta/allocator.py), a child process each
+(benchmarks/allocator_columns.py); `--allocators glibc` runs one.
 Prints a Markdown table. It measures, it does not assert; the numbers depend
 on the machine and on whatever else runs on it.
 """
@@ -24,6 +27,8 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import statistics
+import sys
 import tempfile
 import time
 
@@ -32,8 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 
 
+from benchmarks import allocator_columns  # noqa: E402
 from benchmarks.compile_clock import first_call  # noqa: E402
-from rosetta import allocator  # noqa: E402
 from rosetta.checkpoint import hf as checkpoint_import  # noqa: E402
 from rosetta.decoding import algorithms as decoding  # noqa: E402
 from rosetta.decoding import processors as lp  # noqa: E402
@@ -63,6 +68,7 @@ def parse_args(argv=None):
                  help='torch threads (default: torch decides); for a '
                  'one-core comparison on a loaded machine use 1 and run '
                  'with XLA_FLAGS=--xla_cpu_multi_thread_eigen=false')
+  allocator_columns.add_arguments(p)
   args = p.parse_args(argv)
   if args.quick:
     args.batch, args.new_tokens = [8], [32]
@@ -139,7 +145,11 @@ def timed_pair(fns, repeats: int):
 
 
 def main(argv=None):
+  argv = sys.argv[1:] if argv is None else list(argv)
   args = parse_args(argv)
+  if len(args.allocators) > 1:
+    return compare_allocators(args, argv)
+  malloc = allocator_columns.check_child(args.allocators[0])
   import torch
   if args.threads:
     torch.set_num_threads(args.threads)
@@ -148,7 +158,7 @@ def main(argv=None):
         f'{torch.get_num_threads()} threads; T5.1.1 small '
         f'(8+8 layers, d_model 512, vocab 32128); source length '
         f'{args.source_len}; load average {os.getloadavg()[0]:.1f}; '
-        f'malloc (both systems, one process): {allocator.loaded()}',
+        f'malloc (both systems, one process): {malloc}',
         flush=True)
   with tempfile.TemporaryDirectory() as d:
     models = make_models(args.seed, d, args.dtype)
@@ -181,6 +191,30 @@ def main(argv=None):
           f'{ratio:.2f}x | {cpu:.2f}x | {comp:.1f} | {same:.0%} |')
   print(f'\nload average at the end: {os.getloadavg()[0]:.1f} '
         f'({os.cpu_count()} CPUs)')
+  allocator_columns.write_result(args.result_json,
+                                 {'malloc': malloc, 'rows': rows})
+
+
+def compare_allocators(args, argv):
+  """Both systems under each malloc (a child process each), side by side:
+  tokens/s, the ratio against HF under the same malloc, and what the
+  retaining allocator gains over glibc for each system."""
+  results = allocator_columns.run_each(
+      'benchmarks.decoding',
+      allocator_columns.without_allocator_options(argv), args.allocators)
+  first, last = results[args.allocators[0]], results[args.allocators[-1]]
+  a, b = first['malloc'], last['malloc']
+  print(f'\n## side by side (each malloc one process; HF under the same '
+        f'malloc)\n\n| dtype | strategy | batch | new tokens | Rosetta / HF '
+        f'({a}) | Rosetta / HF ({b}) | Rosetta {b} / {a} | HF {b} / {a} |')
+  print('|---|---|---:|---:|---:|---:|---:|---:|')
+  for r0, r1 in zip(first['rows'], last['rows']):
+    dtype, name, batch, n = r0[:4]
+    print(f'| {dtype} | {name} | {batch} | {n} | {r0[6]:.2f}x | {r1[6]:.2f}x '
+          f'| {r1[4] / r0[4]:.2f}x | {r1[5] / r0[5]:.2f}x |')
+  print('Rosetta / HF, geometric mean over the rows: ' + ', '.join(
+      f'{r["malloc"]} {statistics.geometric_mean(row[6] for row in r["rows"]):.2f}x'
+      for r in (first, last)))
 
 
 if __name__ == '__main__':

@@ -36,6 +36,11 @@ tokens = batch * target length. An analytic count of the real matmul FLOPs
       taskset -c 1 python -m benchmarks.train_step --model nmt_small \
       --batch 16 --length 48 --threads 1 --systems hf f32
 
+By default every system runs twice, under glibc malloc and under the
+retaining allocator (rosetta/allocator.py), each in a child process of its
+own (benchmarks/allocator_columns.py), and the two are printed side by
+side; `--allocators retaining` runs one, in this process.
+
 It measures, it does not assert; the numbers depend on the machine and on
 whatever else runs on it. Only a quiet machine gives a fair ratio: under
 load, torch's two OpenMP threads spin at every barrier while one of them is
@@ -52,6 +57,7 @@ import argparse
 import datetime
 import os
 import statistics
+import sys
 import time
 
 import jax
@@ -59,9 +65,10 @@ import jax.numpy as jnp
 import numpy as np
 
 
-from rosetta import allocator, optimizers, partitioning, trainer  # noqa: E402
+from rosetta import optimizers, partitioning, trainer  # noqa: E402
 from rosetta.model import encoder_decoder_model  # noqa: E402
 
+from benchmarks import allocator_columns  # noqa: E402
 from benchmarks.cpu_budget import cpu_model  # noqa: E402
 from rosetta.model.encoder_decoder import T5Config  # noqa: E402
 
@@ -107,6 +114,7 @@ def parse_args(argv=None):
   p.add_argument('--quick', action='store_true',
                  help='tiny model, batch 4 x 32, 1 warm-up + 2 timed steps, '
                       'small peak matmul')
+  allocator_columns.add_arguments(p)
   args = p.parse_args(argv)
   args.peak_n = 2048
   if args.quick:
@@ -293,7 +301,10 @@ def wait_for_quiet(threshold: float, max_wait: float):
 
 
 def main(argv=None):
+  argv = sys.argv[1:] if argv is None else list(argv)
   args = parse_args(argv)
+  if len(args.allocators) > 1:
+    return compare_allocators(args, argv)
   size = SIZES[args.model]
   import torch
   import transformers
@@ -307,7 +318,8 @@ def main(argv=None):
   print(f'load average at start: {load_start:.2f}')
   # Every system runs in this process, so under the same malloc
   # (ROSETTA_ALLOCATOR / LD_PRELOAD decide which; rosetta/allocator.py).
-  print(f'malloc (all systems): {allocator.loaded()}')
+  malloc = allocator_columns.check_child(args.allocators[0])
+  print(f'malloc (all systems): {malloc}')
 
   # The peak is measured before and after the steps; the best counts.
   peaks = {'f32': [matmul_peak(jnp.float32, args.peak_n, args.peak_reps)],
@@ -442,6 +454,52 @@ def main(argv=None):
         'busy = CPU seconds / wall seconds (median; '
         f'{os.cpu_count()} = the whole machine); load average '
         f'start {load_start:.2f}, end {os.getloadavg()[0]:.2f}')
+  allocator_columns.write_result(args.result_json, {
+      'malloc': malloc, 'tokens': tokens,
+      'load': [load_start, os.getloadavg()[0]],
+      'peak': peak, 'model_flops': model_flops,
+      'systems': {s.key: {'name': s.name, 'times': s.times, 'cpu': s.cpu,
+                          'peak_key': s.peak_key} for s in systems}})
+
+
+def compare_allocators(args, argv):
+  """Every system under each malloc (a child process each), side by side:
+  step time, the ratio against HF under the same malloc, and what the
+  retaining allocator gains over glibc."""
+  results = allocator_columns.run_each(
+      'benchmarks.train_step',
+      allocator_columns.without_allocator_options(argv), args.allocators)
+  labels = list(results)
+  names = {l: results[l]['malloc'] for l in labels}
+  print('\n## side by side (each column one process; peers under the same '
+        'malloc)\n')
+  head = ' | '.join(f'{names[l]}: step (s) | {names[l]}: vs HF f32 | '
+                    f'{names[l]}: MFU' for l in labels)
+  print(f'| system | {head} | step speedup, {names[labels[-1]]} over '
+        f'{names[labels[0]]} |')
+  print('|---|' + '---:|' * (3 * len(labels) + 1))
+  for key, system in results[labels[0]]['systems'].items():
+    cells, medians = [], []
+    for l in labels:
+      r = results[l]
+      med = statistics.median(r['systems'][key]['times'])
+      hf = r['systems'].get('hf')
+      vs_hf = (f'{statistics.median(hf["times"]) / med:.2f}x' if hf
+               else 'n/a')
+      mfu = r['model_flops'] / med / (
+          r['peak'][r['systems'][key]['peak_key']] * 1e9)
+      cells += [f'{med:.3f}', vs_hf, f'{100 * mfu:.1f}%']
+      medians.append(med)
+    print(f'| {system["name"]} | ' + ' | '.join(cells)
+          + f' | {medians[0] / medians[-1]:.2f}x |')
+  for l in labels:
+    systems = results[l]['systems']
+    pairs = [(r, h) for r, h in (('f32', 'hf'), ('bf16', 'hf_bf16'))
+             if r in systems and h in systems]
+    print(f'like for like under {names[l]}: ' + '; '.join(
+        f'{r} / {h} {statistics.median(systems[h]["times"]) / statistics.median(systems[r]["times"]):.2f}x'
+        for r, h in pairs) + f' (load average {results[l]["load"][0]:.2f} -> '
+        f'{results[l]["load"][1]:.2f})')
 
 
 if __name__ == '__main__':

@@ -73,3 +73,22 @@ def test_rosetta_runs_under_a_retaining_allocator_by_default(tmp_path):
   assert default in ('jemalloc', 'mimalloc')
   assert system == 'glibc'
   assert len(losses) == 6 and losses == system_losses
+
+
+def test_benchmark_children_get_one_allocator_each():
+  from benchmarks import allocator_columns
+  assert allocator_columns.without_allocator_options(
+      ['--quick', '--allocators', 'glibc', 'retaining', '--steps', '3']) == [
+          '--quick', '--steps', '3']
+  assert allocator_columns.without_allocator_options(
+      ['--allocators=glibc', '--quick']) == ['--quick']
+  parent = {'JAX_PLATFORMS': 'cpu', 'LD_PRELOAD': '/x/libjemalloc.so.2',
+            'MALLOC_CONF': 'retain:true', 'PATH': '/bin'}
+  glibc = allocator_columns.child_environment('glibc', parent)
+  assert 'LD_PRELOAD' not in glibc and 'MALLOC_CONF' not in glibc
+  assert glibc['PATH'] == '/bin' and glibc[allocator.MARKER_ENV] == '1'
+  retaining = allocator_columns.child_environment('retaining', parent)
+  if allocator.find() is None:
+    assert 'LD_PRELOAD' not in retaining
+  else:
+    assert retaining['LD_PRELOAD'] == allocator.find()[1]
