@@ -47,6 +47,9 @@ CORE = [
     # A retaining allocator for CPU processes (rosetta/allocator.py): the
     # wheel ships libmimalloc.so; a system jemalloc is used when present.
     "cmeel-mimalloc>=3.4,<4; sys_platform == 'linux'",
+    # `rosetta serve` (rosetta/serving/): the HTTP JSON service.
+    'starlette>=1.10,<2',
+    'uvicorn>=0.55,<0.56',
 ]
 
 EXTRAS = {
@@ -55,7 +58,14 @@ EXTRAS = {
     # TFDS tests build one) without declaring it.
     'test': ['pytest>=9.2,<10', 'pytest-xdist>=3.8,<4',
              'importlib_resources>=6,<8', 'nbclient>=0.11,<0.12',
-             'nbformat>=5.11,<6', 'ipykernel>=7.4,<8'],
+             'nbformat>=5.11,<6', 'ipykernel>=7.4,<8',
+             # The TPU compiler (~140 MB): tests AOT-compile for TPU slices
+             # on CPU hosts (`rosetta compile`, tests/test_aot_compile.py).
+             'libtpu>=0.0.42.1,<0.0.43'],
+    # `rosetta compile` (AOT for TPU slices from any host) and TPU VMs.
+    'tpu': ['jax[tpu]>=0.10.2,<0.11'],
+    # NVIDIA GPUs: JAX's CUDA 12 plugin (jax-cuda12-plugin + pjrt).
+    'gpu': ['jax[cuda12]>=0.10.2,<0.11'],
     # Outside implementations that tests and benchmarks compare against.
     # torch 2.13.0 is the CPU build; a bare `torch` would pull a CUDA build.
     # sentence-transformers: the dual-encoder peer (MultipleNegativesRanking
@@ -88,6 +98,17 @@ setup(
         'rosetta.commands': [
             'translate = translation.translate:main',
             'fuse = retrieval.search.fusion:main',
+            'index = retrieval.commands.index:main',
+            'search = retrieval.commands.search:main',
+            'bm25 = retrieval.commands.bm25:main',
+            'score = retrieval.commands.score:main',
+            'dsi-retrieve = retrieval.dsi.retrieve:main',
+            'generate-queries = retrieval.dsi.generate_queries:main',
+        ],
+        # Applications' endpoints of `rosetta serve` (rosetta/serving/).
+        'rosetta.endpoints': [
+            'translate = translation.serving',
+            'search = retrieval.serving',
         ],
     },
 )

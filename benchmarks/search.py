@@ -35,6 +35,11 @@ always searches float32. Reported per system:
     python -m benchmarks.search                  # 1M x 256, 1,024 queries, k=100
     python -m benchmarks.search --dtype bfloat16 --repeats 5 --no-memory
 
+`--index` (default on) adds the `rosetta search` path: the same corpus
+written as a `rosetta index` directory, read back and searched through
+`retrieval.dense.searcher.Searcher` (its queries/s ratio to the Python API
+row of the same dtype is printed at the end).
+
 Prints Markdown tables. It measures, it does not assert; the numbers depend
 on the machine and on whatever else runs on it (the load average is printed
 at the start and at the end).
@@ -77,6 +82,12 @@ def parse_args(argv=None):
                  help='also time exact float32 search through verified '
                       'bfloat16 candidates (retrieval/search/verified.py)')
   p.add_argument('--seed', type=int, default=0)
+  p.add_argument('--index', action=argparse.BooleanOptionalAction,
+                 default=True,
+                 help='also the `rosetta search` path: the corpus written '
+                 'as a `rosetta index` directory (retrieval.dense.'
+                 'index_store) and searched as the command does (read back '
+                 'from the shards, placed by `DenseIndex.corpus`)')
   p.add_argument('--quick', action='store_true',
                  help='100k documents (other sizes unchanged)')
   p.add_argument('--memory', action=argparse.BooleanOptionalAction,
@@ -229,6 +240,46 @@ def _mib(n_bytes) -> str:
   return 'n/a' if n_bytes is None else f'{n_bytes / 2**20:,.0f} MiB'
 
 
+def index_rows(args, corpus, queries, runs, systems, first):
+  """Rows for the `rosetta search` path: the corpus written to an index
+  directory (stored float32, like `rosetta index`'s default) and searched
+  through `retrieval.dense.searcher.Searcher.search`, which is what the
+  command runs after encoding its queries (here the random queries stand
+  in for encoded ones)."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  import tempfile  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  from benchmarks.compile_clock import first_call  # pylint: disable=import-outside-toplevel
+  from retrieval.dense import index_store, searcher  # pylint: disable=import-outside-toplevel
+  from retrieval.search import exact as search  # pylint: disable=import-outside-toplevel
+  tmp = tempfile.mkdtemp(prefix='rosetta_index_bench_')
+  t = time.perf_counter()
+  index_store.write(       # the "texts" are row numbers: rows are the corpus
+      lambda texts: corpus[int(texts[0]):int(texts[-1]) + 1],
+      [str(i) for i in range(args.n_docs)],
+      [f'd{i}' for i in range(args.n_docs)], tmp,
+      identity={'run_dir': 'benchmark', 'step': 0, 'fingerprint': {}},
+      shard_size=1 << 16, batch_size=1 << 16, progress=False)
+  print(f'  index written in {time.perf_counter() - t:.1f}s ({tmp})',
+        flush=True)
+  index = index_store.DenseIndex.open(tmp)
+  for dtype in args.dtype:
+    name = f'rosetta search path {dtype}'
+    t = time.perf_counter()
+    s = searcher.Searcher(index, None, index.corpus(
+        search.single_device_mesh(), dtype=dtype), dtype)
+    jax.block_until_ready(s.corpus.embeddings)
+    place_s = time.perf_counter() - t
+    result, first_s, _ = first_call(lambda s=s: s.search(queries, args.k))
+    first[name] = (result.scores, result.indices)
+    systems[name] = {'dtype': dtype, 'bytes': s.corpus.embeddings.nbytes,
+                     'compile': None, 'temp': None, 'index': True}
+    runs[name] = lambda s=s: s.search(queries, args.k)
+    print(f'  {name}: opened and placed in {place_s:.1f}s, first call '
+          f'{first_s:.1f}s', flush=True)
+  shutil.rmtree(tmp)        # the rows are on the device now
+
+
 def main(argv=None):
   args = parse_args(argv)
   if args.memory_child:
@@ -291,6 +342,9 @@ def main(argv=None):
     print(f'  {name}: placed in {place_s:.1f}s, first call {first_s:.1f}s '
           f'(compile {systems[name]["compile"]:.1f}s)', flush=True)
 
+  if args.index:
+    index_rows(args, corpus, queries, runs, systems, first)
+
   if args.verified:
     from retrieval.search import verified as verified_search  # pylint: disable=import-outside-toplevel
     name = 'rosetta float32, verified bf16 candidates'
@@ -346,7 +400,7 @@ def main(argv=None):
     runs.clear()
     gc.collect()
     for name in systems:
-      if systems[name].get('verified'):
+      if systems[name].get('verified') or systems[name].get('index'):
         continue      # not measured in a subprocess (n/a in the table)
       if name in faiss_names:
         if name != faiss_names[0]:
@@ -398,6 +452,12 @@ def main(argv=None):
     print(f'| {name} | {_mib(info["bytes"])} | '
           f'{"-" if info["temp"] is None else _mib(info["temp"])} | '
           + ' | '.join(cells) + ' |')
+  for name, info in systems.items():
+    api = f'rosetta {info["dtype"]}'
+    if info.get('index') and api in times:
+      print(f'\n{name} vs {api} (the Python API): queries/s '
+            f'{min(times[api]) / min(times[name]):.2f}x best, '
+            f'{np.median(times[api]) / np.median(times[name]):.2f}x median')
   print(f'\nload average at the end: {os.getloadavg()[0]:.1f} '
         f'({os.cpu_count()} CPUs)')
 

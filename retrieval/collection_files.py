@@ -618,3 +618,100 @@ def read_spec_triples(spec: str | Spec, *, on_bad_line: str = 'error',
     return read_id_triples(s.path, on_bad_line=on_bad_line, limit=limit,
                            stats=stats)
   raise ValueError(f'{s.kind}:{s.path}: not a triples spec {TRIPLE_KINDS}')
+
+
+# ------------------------------------------- documents, queries, qrels ---
+# The retrieval commands (`rosetta index`, `search`, `bm25`, `score`) read a
+# corpus or a query set on its own, without a split's qrels.
+
+TEXT_KINDS = ('beir', 'msmarco', 'jsonl', 'tsv')
+TEXT_SPEC_HELP = (
+    "'beir:<folder>' (its corpus.jsonl / queries.jsonl), 'msmarco:<folder>' "
+    "(its collection.tsv; documents only), 'jsonl:<file>' (BEIR records "
+    "{\"_id\", \"text\"[, \"title\"]}), 'tsv:<file>' (id<TAB>text), or a "
+    'plain path: a folder holding corpus.jsonl / queries.jsonl / '
+    'collection.tsv, or a file named *.jsonl / *.tsv (optionally .gz)')
+
+
+@dataclasses.dataclass(frozen=True)
+class TextFile:
+  """Ids and texts of one documents or queries file, in file order."""
+  path: str
+  ids: tuple[str, ...]
+  texts: tuple[str, ...]
+
+
+def _text_file(spec: str, what: str) -> tuple[str, str]:
+  """(kind 'jsonl' or 'tsv', path) of a documents / queries spec."""
+  kind, sep, path = spec.partition(':')
+  if not sep or kind not in TEXT_KINDS or not path:
+    kind, path = '', spec
+  if not kind and os.path.isdir(path):
+    kind = 'beir' if find_file(os.path.join(
+        path, 'corpus.jsonl' if what == 'documents' else 'queries.jsonl')
+    ) else 'msmarco'
+  if kind == 'beir':
+    name = 'corpus.jsonl' if what == 'documents' else 'queries.jsonl'
+    return 'jsonl', require_file(os.path.join(path, name),
+                                 f'BEIR {what} in {path}')
+  if kind == 'msmarco':
+    if what != 'documents':
+      raise ValueError(f'{spec}: an MS MARCO folder holds one query file per '
+                       "split: name it, e.g. 'tsv:<folder>/queries.dev.tsv'")
+    return 'tsv', require_file(os.path.join(path, 'collection.tsv'),
+                               f'MS MARCO {what} in {path}')
+  if not kind:
+    base = path[:-3] if path.endswith('.gz') else path
+    kind = next((k for k in ('jsonl', 'tsv') if base.endswith('.' + k)), '')
+    if not kind:
+      raise ValueError(f'{path}: unknown format of {what}: {TEXT_SPEC_HELP}')
+  return kind, require_file(path, what)
+
+
+def read_texts(spec: str, what: str = 'documents', *,
+               on_bad_line: str = 'error',
+               title_separator: str | None = ' ') -> TextFile:
+  """Documents (`what='documents'`) or queries (`'queries'`) of a spec
+  (`TEXT_SPEC_HELP`), checked line by line like the collections; a
+  duplicate id or an empty file is an error naming the file."""
+  if what not in ('documents', 'queries'):
+    raise ValueError(f"what must be 'documents' or 'queries', got {what!r}")
+  policy = bad_input.check_policy(on_bad_line)
+  kind, path = _text_file(spec, what)
+  one = what[:-1] if what == 'documents' else 'query'
+  if kind == 'jsonl':
+    got = _beir_jsonl(_file_key(path), path, policy, one,
+                      title_separator if what == 'documents' else None)
+  else:
+    got = _id_text_tsv(_file_key(path), path, policy, f'{one} id', 'text')
+  if not got.ids:
+    raise ValueError(f'{path}: no {what}')
+  return TextFile(path, got.ids, got.texts)
+
+
+def read_qrels_file(path: str) -> dict[str, dict[str, int]]:
+  """Judgements of a qrels file on their own: TREC (`qid 0 docid grade`,
+  any whitespace) or BEIR (`query-id<TAB>corpus-id<TAB>score`, header
+  optional), told apart by the first line's columns."""
+  path = require_file(path, 'qrels')
+  reader = _Reader(path, 'error')
+  qrels: dict[str, dict[str, int]] = {}
+  trec = None
+  for n, line in reader.lines():
+    if trec is None:
+      trec = len(line.split()) == 4
+      if not trec and tuple(c.strip().lower() for c in line.split('\t')
+                            ) == BEIR_QRELS_HEADER:
+        continue
+    names = (('query-id', 'iteration', 'corpus-id', 'score') if trec
+             else BEIR_QRELS_HEADER)
+    cells = reader.columns(n, line, names, None if trec else '\t')
+    qid, did, grade = (cells[0], cells[2], cells[3]) if trec else cells
+    if not re.fullmatch(r'[+-]?\d+', grade):
+      reader.bad(n, f'score {grade!r} is not an integer')
+    if did in qrels.get(qid, {}):
+      reader.bad(n, f'query {qid!r} judges document {did!r} twice')
+    qrels.setdefault(qid, {})[did] = int(grade)
+  if not qrels:
+    raise ValueError(f'{path}: no judgements')
+  return qrels

@@ -27,9 +27,12 @@ before any work, naming the binding.
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import importlib.metadata
+import importlib.util
 import os
+import re
 import sys
 from typing import Callable
 
@@ -47,7 +50,11 @@ GIN_RUNS = {
 CORE_COMMANDS = {
     'average': 'rosetta.checkpoint.averaging:main',
     'cache': 'rosetta.data.beam_cache:main',
+    'compile': 'rosetta.aot.command:main',
+    'export': 'rosetta.checkpoint.hf_command:export_main',
+    'import': 'rosetta.checkpoint.hf_command:import_main',
     'plot': 'rosetta.run.plots:main',
+    'serve': 'rosetta.serving.serve_command:main',
     'vocab': 'rosetta.vocab_command:main',
 }
 
@@ -69,9 +76,22 @@ def application_commands() -> dict[str, str]:
 
 
 def _summary(target: str) -> str:
-  module = importlib.import_module(target.partition(':')[0])
-  doc = (module.__doc__ or '').strip()
-  return doc.splitlines()[0] if doc else ''
+  """A command's one-line help, read from its source without importing it
+  (imports would load TensorFlow and JAX for `--help`): the docstring of
+  its function unless that is `main`, else its module's; the first
+  sentence of the first paragraph, without a leading "`rosetta x`: "."""
+  module, _, function = target.partition(':')
+  spec = importlib.util.find_spec(module)
+  if spec is None or not spec.origin or not spec.origin.endswith('.py'):
+    return ''
+  with open(spec.origin, encoding='utf-8') as f:
+    tree = ast.parse(f.read())
+  doc = next((ast.get_docstring(node) for node in tree.body
+              if isinstance(node, ast.FunctionDef) and node.name == function
+              and function != 'main'), None) or ast.get_docstring(tree) or ''
+  text = ' '.join(doc.strip().split('\n\n')[0].split())
+  text = re.sub(r'^`rosetta [\w-]+`: ', '', text)
+  return re.split(r'(?<=[a-z)])\. ', text)[0].rstrip('.')
 
 
 def _top_level_help(commands: dict[str, str]) -> str:

@@ -9,11 +9,14 @@ directory, so `include 'models/t5_1_1_small.gin'` works from anywhere.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
+import re
 from typing import Sequence
 
 import gin
+from etils import epath
 from gin import config as gin_config
 from gin import resource_reader
 
@@ -75,6 +78,52 @@ def parse(files: Sequence[str] = (), bindings: Sequence[str] = (),
     gin.parse_config_files_and_bindings([resolve(f) for f in files],
                                         list(bindings),
                                         finalize_config=finalize)
+
+
+_BINDING = re.compile(r'^((?:[\w.]+/)*)([\w.]+)(\.\w+\s*=)', re.M)
+_REFERENCE = re.compile(r'@((?:[\w.]+/)*)([\w.]+)')
+
+
+def qualify_selectors(text: str) -> str:
+  """`text` (a gin config) with each selector that is ambiguous in this
+  process made whole, using the config's own `import` lines.
+
+  gin writes a config with the shortest selector unique among the
+  configurables registered when it was written (`setup.collections` when
+  only `pair_tasks.setup` existed); a process that also imported
+  `translation.nmt` finds `setup` ambiguous. The config's imports say which
+  module was meant."""
+  imported = set(re.findall(r'^import ([\w.]+)', text, re.M))
+  registry = gin_config._REGISTRY  # pylint: disable=protected-access
+
+  def whole(selector: str) -> str:
+    matches = registry.matching_selectors(selector)
+    if len(matches) < 2:
+      return selector
+    own = [m for m in matches if any(m.startswith(module + '.')
+                                     for module in imported)]
+    return own[0] if len(own) == 1 else selector
+
+  text = _BINDING.sub(lambda m: m.group(1) + whole(m.group(2)) + m.group(3),
+                      text)
+  return _REFERENCE.sub(lambda m: '@' + m.group(1) + whole(m.group(2)), text)
+
+
+def parse_run_config(path: str) -> None:
+  """Clears gin and parses a config written by `rosetta train`
+  (`<run>/config.gin`, no includes), its selectors qualified
+  (`qualify_selectors`), not finalised."""
+  import rosetta.model.encoder_decoder  # noqa: F401  pylint: disable=import-outside-toplevel
+  import rosetta.model.encoder_decoder_model  # noqa: F401  pylint: disable=import-outside-toplevel
+  import rosetta.optimizers  # noqa: F401  pylint: disable=import-outside-toplevel
+  import rosetta.partitioning  # noqa: F401  pylint: disable=import-outside-toplevel
+  import rosetta.run.progress  # noqa: F401  pylint: disable=import-outside-toplevel
+  text = epath.Path(path).read_text()
+  gin.clear_config()
+  # Register the config's own modules first, so its selectors resolve.
+  for module in re.findall(r'^import ([\w.]+)', text, re.M):
+    importlib.import_module(module)
+  gin.parse_config(qualify_selectors(text))
 
 
 class _DropPathNotFound(logging.Filter):

@@ -266,6 +266,17 @@ def activate(mesh: Mesh, rules: Rules | None = None) -> Iterator[Mesh]:
     yield mesh
 
 
+def target_platform() -> str:
+  """The platform being traced for: the active mesh's devices' ('tpu' for
+  an ahead-of-time compile onto TPU devices from a CPU host), else the
+  process's default backend. Backend-specific code paths key on this, never
+  on `jax.default_backend()`, so an AOT compile takes the target's path."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if not mesh.empty and mesh.abstract_device is not None:
+    return mesh.abstract_device.platform
+  return jax.default_backend()
+
+
 def constrain(x: jax.Array, logical_axes: LogicalAxes) -> jax.Array:
   """`with_sharding_constraint` by logical names, against the current mesh.
 

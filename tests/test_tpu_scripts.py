@@ -121,6 +121,10 @@ def test_train_arguments_are_valid_rosetta_gin():
           'for argv in json.loads(sys.argv[1]):\n'
           '  a = cli.parse_args(argv)\n'
           '  gin_utils.parse(a.gin_file, a.gin_bindings, finalize=False)\n'
+          # Not the CPU overlay (runs/local_tiny.gin): it turns these off.
+          '  import gin\n'
+          '  assert gin.get_bindings("train", resolve_references=False).get(\n'
+          '      "async_checkpoint") is not False, a.gin_file\n'
           '  print("parsed", a.gin_file)')
   argvs = [['train', *args, f"--gin.train.model_dir='{model_dir}'",
             "--gin.distributed.coordinator_address='auto'"]

@@ -3,6 +3,10 @@
     rosetta translate --checkpoint runs/nmt --target_lang fr < in.txt > out.txt
     rosetta translate --checkpoint runs/nmt --target_lang de \\
         --input in.txt --output out.txt --beam_size 4 --alpha 0.6 --beta 0.2
+    rosetta translate --checkpoint runs/nmt --target_lang fr --sampling \\
+        --temperature 0.7 --top_p 0.9 --seed 1 < in.txt     # sampling
+    rosetta translate --checkpoint runs/nmt --target_lang fr --beam_size 8 \\
+        --nbest 4 < in.txt > nbest.jsonl                   # n-best, JSONL
 
 The run directory's `config.gin` (written by `rosetta train`) rebuilds the
 model and names its task, whose vocabulary encodes the input; the newest
@@ -10,11 +14,21 @@ checkpoint's parameters are restored onto all devices. Each line gets the
 target-language token (`<2fr>`) exactly as in training. Lines are batched
 by length for speed; the output keeps the input order, one line per line
 (an empty input line gives an empty output line).
+
+Output: plain text, the best translation of each line, by default.
+`--nbest N` writes JSONL instead, one object per input line, in order:
+  {"input": "...", "nbest": [{"text": "...", "score": -1.23}, ...]}
+holding the N best beams (best first; score = the beam score, the summed
+log-probability divided by the length penalty) or, with --sampling, N
+samples (in draw order; score = the summed log-probability of the sample).
+An empty input line gets "nbest": []. Sampling is reproducible: the same
+--seed, input and --batch_size give the same output.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from typing import Sequence
@@ -45,13 +59,20 @@ def parse_args(argv):
   p.add_argument('--beta', type=float, default=0.0,
                  help='GNMT coverage penalty weight')
   p.add_argument('--length_penalty', choices=('gnmt', 'hf'), default='gnmt')
-  p.add_argument('--temperature', type=float, default=0.0,
-                 help='> 0 samples instead of searching (with --beam_size 1)')
+  p.add_argument('--sampling', action='store_true',
+                 help='sample instead of searching (beam size 1; '
+                 'temperature 1 unless --temperature is given)')
+  p.add_argument('--temperature', type=float, default=None,
+                 help='> 0 samples instead of searching (with --beam_size 1 '
+                 'or --sampling)')
   p.add_argument('--top_k', type=int, default=0,
                  help='sample among the k most likely tokens (0 = off)')
   p.add_argument('--top_p', type=float, default=1.0,
                  help='nucleus sampling mass (1 = off)')
   p.add_argument('--seed', type=int, default=0, help='sampling seed')
+  p.add_argument('--nbest', type=int, default=None, metavar='N',
+                 help='write N outputs per line as JSONL (see above): the N '
+                 'best beams (N <= --beam_size) or N samples')
   p.add_argument('--max_length', type=int, default=128,
                  help='maximum output tokens')
   p.add_argument('--max_input_length', type=int, default=256,
@@ -63,9 +84,23 @@ def parse_args(argv):
                  'into (its <2xx> token must be in the vocabulary)')
   p.add_argument('--no_progress', action='store_true')
   args = p.parse_args(argv)
-  for flag in ('batch_size', 'max_length', 'max_input_length'):
-    if getattr(args, flag) <= 0:
+  for flag in ('batch_size', 'max_length', 'max_input_length', 'nbest'):
+    if getattr(args, flag) is not None and getattr(args, flag) <= 0:
       p.error(f'--{flag} {getattr(args, flag)}: must be positive')
+  if args.sampling:
+    if args.temperature == 0:
+      p.error('--sampling --temperature 0: sampling needs a temperature > 0')
+    args.beam_size = 1
+    args.temperature = 1.0 if args.temperature is None else args.temperature
+  elif args.temperature is None:
+    args.temperature = 0.0
+  if args.nbest is not None and args.nbest > 1:
+    if args.beam_size == 1 and not args.temperature:
+      p.error(f'--nbest {args.nbest}: greedy search has one output; use '
+              f'--beam_size {args.nbest} or more, or --sampling')
+    if args.beam_size > 1 and args.nbest > args.beam_size:
+      p.error(f'--nbest {args.nbest}: more outputs than beams; use '
+              f'--beam_size {args.nbest} or more')
   if args.output != '-':
     folder = os.path.dirname(os.path.abspath(args.output))
     if os.path.isdir(args.output):
@@ -162,6 +197,25 @@ class Translator:
                 max_input_length: int = 256,
                 progress: bool = False) -> list[str]:
     """`options` default: 4-beam GNMT search, up to 128 tokens."""
+    return [best[0][0] if best else '' for best in self._decode_lines(
+        lines, target_lang, options, None, batch_size, max_input_length,
+        progress)]
+
+  def translate_nbest(self, lines: Sequence[str], target_lang: str,
+                      num_decodes: int, *,
+                      options: DecodeOptions | None = None,
+                      batch_size: int = 32, max_input_length: int = 256,
+                      progress: bool = False
+                      ) -> list[list[tuple[str, float]]]:
+    """[(text, score), ...] per line: the `num_decodes` best beams (best
+    first, beam scores) or `num_decodes` samples (draw order, summed
+    log-probabilities), as `rosetta.decoding.algorithms.decode_nbest`; an
+    empty line gets []."""
+    return self._decode_lines(lines, target_lang, options, num_decodes,
+                              batch_size, max_input_length, progress)
+
+  def _decode_lines(self, lines, target_lang, options, num_decodes,
+                    batch_size, max_input_length, progress):
     import jax
     from tqdm import tqdm
     options = options if options is not None else DecodeOptions(
@@ -178,7 +232,7 @@ class Translator:
             'tokens were truncated', file=sys.stderr)
     order = sorted((i for i, e in enumerate(encoded) if e is not None),
                    key=lambda i: len(encoded[i]))
-    out = [''] * len(lines)
+    out = [[] for _ in lines]
     batches = [order[i:i + batch_size]
                for i in range(0, len(order), batch_size)]
     sharding = self.trainer.batch_sharding()
@@ -189,17 +243,24 @@ class Translator:
       for row, i in enumerate(idx):
         x[row, :len(encoded[i])] = encoded[i]
       with part.activate():
-        tokens = self.wrapper.predict_batch(
+        tokens, scores = self.wrapper.predict_batch(
             self.network, {'encoder_input_tokens': jax.device_put(x,
                                                                   sharding)},
-            options=options)
-      tokens = np.asarray(jax.device_get(tokens))
+            options=options, return_scores=True, num_decodes=num_decodes)
+      tokens, scores = (np.asarray(jax.device_get(a)) for a in (tokens,
+                                                                 scores))
+      if num_decodes is None:  # (b, L), (b,): one output per row
+        tokens, scores = tokens[:, None], scores[:, None]
       for row, i in enumerate(idx):
-        ids = tokens[row].tolist()
-        if self.eos_id in ids:
-          ids = ids[:ids.index(self.eos_id)]
-        out[i] = self.vocabulary.decode([t for t in ids if t != self.pad_id])
+        out[i] = [(self._text(t), float(score))
+                  for t, score in zip(tokens[row], scores[row])]
     return out
+
+  def _text(self, tokens) -> str:
+    ids = tokens.tolist()
+    if self.eos_id in ids:
+      ids = ids[:ids.index(self.eos_id)]
+    return self.vocabulary.decode([t for t in ids if t != self.pad_id])
 
 
 def trained_targets(task: str) -> set[str] | None:
@@ -235,13 +296,21 @@ def main(argv=None) -> int:
     print(f'rosetta translate: --target_lang {args.target_lang}: {refusal}',
           file=sys.stderr)
     return 2
-  outputs = translator.translate(
-      lines, args.target_lang, options=options, batch_size=args.batch_size,
-      max_input_length=args.max_input_length,
-      progress=not args.no_progress)
-  # One line per input line: any line break a model emits (\r, U+2028, ...
-  # byte-fallback pieces can decode to them) becomes a space.
-  text = ''.join(' '.join(o.splitlines()) + '\n' for o in outputs)
+  common = dict(options=options, batch_size=args.batch_size,
+                max_input_length=args.max_input_length,
+                progress=not args.no_progress)
+  if args.nbest is None:
+    outputs = translator.translate(lines, args.target_lang, **common)
+    # One line per input line: any line break a model emits (\r, U+2028,
+    # ... byte-fallback pieces can decode to them) becomes a space.
+    text = ''.join(' '.join(o.splitlines()) + '\n' for o in outputs)
+  else:
+    nbest = translator.translate_nbest(lines, args.target_lang, args.nbest,
+                                       **common)
+    text = ''.join(json.dumps(
+        {'input': line, 'nbest': [{'text': t, 'score': score}
+                                  for t, score in outputs]},
+        ensure_ascii=False) + '\n' for line, outputs in zip(lines, nbest))
   if args.output == '-':
     sys.stdout.write(text)
     sys.stdout.flush()

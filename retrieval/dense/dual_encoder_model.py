@@ -27,6 +27,7 @@ non-relevant candidate of the global batch).
 from __future__ import annotations
 
 import functools
+import sys
 from typing import Callable, Mapping, Sequence
 
 import gin
@@ -37,16 +38,21 @@ import seqio
 import tensorflow as tf
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from tqdm import tqdm
 
 from rosetta import partitioning
 from rosetta.checkpoint import hf as checkpoint_import
 from rosetta import trainer as trainer_lib
 from rosetta.partitioning import Partitioner
+from rosetta.run import files
 from retrieval.dense import contrastive
 from retrieval.dense.dual_encoder import (DualEncoder, DualEncoderConfig,
                                     import_hf_encoder)
 
 _Spec = seqio.FeatureConverter.FeatureSpec
+# tower -> (task feature, model feature) it embeds.
+TOWER_FEATURES = {'query': ('queries', 'query_tokens'),
+                  'doc': ('positives', 'positive_tokens')}
 ID_BUCKETS = 2**31 - 1
 # T5Config fields that decide parameter shapes and the computation.
 _ARCHITECTURE_FIELDS = (
@@ -142,13 +148,15 @@ class DualEncoderModel:
   (duplicates of the positive are neither positives nor negatives) or
   'dexml' (they are all positives, decoupled softmax). num_negatives: hard
   negatives per query in each batch (the task must provide 'negatives').
+  infer_tower: what `rosetta infer` embeds ('query': a split's queries
+  with the query tower, 'doc': its positives with the document tower).
   """
 
   FEATURES = ('query_tokens', 'positive_tokens')
 
   def __init__(self, config: DualEncoderConfig | None = None, *,
                bidirectional: bool = True, mode: str = 'mask',
-               num_negatives: int = 0):
+               num_negatives: int = 0, infer_tower: str = 'query'):
     self.config = config if config is not None else DualEncoderConfig()
     if mode not in contrastive.MODES:
       raise ValueError(f'DualEncoderModel.mode must be one of '
@@ -156,7 +164,11 @@ class DualEncoderModel:
     if num_negatives < 0:
       raise ValueError(f'DualEncoderModel.num_negatives must be >= 0, got '
                        f'{num_negatives}')
+    if infer_tower not in TOWER_FEATURES:
+      raise ValueError(f'DualEncoderModel.infer_tower must be one of '
+                       f'{tuple(TOWER_FEATURES)}, got {infer_tower!r}')
     self.bidirectional, self.mode = bidirectional, mode
+    self.infer_tower = infer_tower
     self.num_negatives = num_negatives
     # The input pipeline builds this model's features with it (t5x's name).
     self.FEATURE_CONVERTER_CLS = functools.partial(
@@ -312,10 +324,69 @@ class DualEncoderModel:
     p = network.encode(batch['positive_tokens'], 'doc')
     return jnp.sum(q * p, axis=-1)
 
-  def predict_batch(self, network, batch, **unused):
-    raise NotImplementedError(
-        'DualEncoderModel does not decode: embed texts with '
-        'make_encode_fn and search an index (retrieval.dense.indexing)')
+  def predict_batch(self, network, batch, tower: str | None = None,
+                    **unused):
+    """(B, dim) embeddings of the batch's `query_tokens` ('query' tower)
+    or `positive_tokens` ('doc'); default `infer_tower`. A dual encoder
+    does not decode: search an index of these (retrieval.dense.indexing)."""
+    tower = tower or self.infer_tower
+    return network.encode(batch[TOWER_FEATURES[tower][1]], tower)
+
+  def write_inference(self, network, *, task: str, split: str,
+                      output_path: str, batch_size: int = 32,
+                      task_feature_lengths=None,
+                      num_examples: int | None = None,
+                      partitioner: Partitioner) -> str:
+    """`rosetta infer` on a dual encoder (`runs.infer` calls it): embeds
+    the `infer_tower` texts of a task split, in dataset order, with the
+    tokenization of the pair tasks and `make_encode_fn`. Writes, atomically,
+    JSONL `{"index", "text", "embedding": [...]}` per example, or for an
+    `output_path` ending in .npy the (n, dim) float32 array there and
+    `{"index", "text"}` lines in `<output_path minus .npy>.ids.jsonl`.
+    Texts are cut to `task_feature_lengths['queries' / 'positives']`
+    tokens (default: the longest text's, nothing cut)."""
+    feature, _ = TOWER_FEATURES[self.infer_tower]
+    task_obj = seqio.get_mixture_or_task(task)
+    if feature not in task_obj.output_features:
+      raise ValueError(f'infer: task {task!r} has no {feature!r} feature '
+                       f'(features: {sorted(task_obj.output_features)}); '
+                       'a dual encoder embeds a pair task '
+                       '(retrieval.dense.pair_tasks)')
+    vocab = task_obj.output_features[feature].vocabulary
+    ds = task_obj.get_dataset(sequence_length=None, split=split,
+                              shuffle=False, num_epochs=1)
+    if num_examples is not None:
+      ds = ds.take(num_examples)
+    texts = [ex[f'{feature}_pretokenized'].decode('utf-8')
+             for ex in ds.as_numpy_iterator()]
+    if not texts:
+      raise ValueError(f'infer: task {task!r} has no {split!r} examples')
+    length = (task_feature_lengths or {}).get(feature) or max(
+        len(vocab.encode(t)) for t in texts) + 1
+    sizes = dict(zip(partitioner.mesh.axis_names, partitioner.mesh.axis_sizes))
+    dp = sizes.get('data', 1) * sizes.get('fsdp', 1)
+    encode = make_encode_fn(self, network, vocab, max(length, 2),
+                            -(-batch_size // dp) * dp, partitioner.mesh,
+                            tower=self.infer_tower)
+    chunk = 16 * batch_size
+    parts = []
+    for start in tqdm(range(0, len(texts), chunk), unit='chunk',
+                      desc=f'infer ({self.infer_tower} tower)', disable=None,
+                      file=sys.stderr):
+      parts.append(encode(texts[start:start + chunk]))
+    embeddings = np.concatenate(parts)
+    if jax.process_index():   # every process encodes; process 0 writes
+      return output_path
+    if output_path.endswith('.npy'):
+      ids_path = output_path[:-len('.npy')] + '.ids.jsonl'
+      with files.atomic_path(output_path, suffix='.npy') as tmp:
+        np.save(tmp, embeddings)
+      files.write_jsonl_atomically(ids_path, (
+          {'index': i, 'text': t} for i, t in enumerate(texts)))
+      return output_path
+    return files.write_jsonl_atomically(output_path, (
+        {'index': i, 'text': t, 'embedding': row.tolist()}
+        for i, (t, row) in enumerate(zip(texts, embeddings))))
 
 
 # ---------------------------------------------------------- encode texts ---
@@ -354,6 +425,18 @@ def network_from(model: DualEncoderModel, network_or_state,
   return nnx.merge(graphdef, state)
 
 
+@functools.lru_cache(maxsize=8)
+def _embed_fn(graphdef, tower: str, replicated: NamedSharding):
+  """The jitted tower of a network structure, one per (structure, tower):
+  a new `make_encode_fn` on new parameters of the same network (the
+  trainer's evaluation, every eval point) reuses its executables. The
+  parameters and the tokens come already placed (`network_from`, `rows`)."""
+  @functools.partial(jax.jit, out_shardings=replicated)
+  def embed(state, tokens):
+    return nnx.merge(graphdef, state).encode(tokens, tower)
+  return embed
+
+
 def make_encode_fn(model: DualEncoderModel, network_or_state,
                    vocabulary: seqio.Vocabulary, max_length: int,
                    batch_size: int, mesh: Mesh, tower: str = 'query'
@@ -383,13 +466,7 @@ def make_encode_fn(model: DualEncoderModel, network_or_state,
   graphdef, state = nnx.split(network)
   dim = network.cfg.embedding_dim
   rows = part.sharding(partitioning.BATCH_AXES, (batch_size, max_length))
-  replicated = NamedSharding(mesh, PartitionSpec())
-  state_shardings = part.state_shardings(state)
-
-  @functools.partial(jax.jit, in_shardings=(state_shardings, rows),
-                     out_shardings=replicated)
-  def embed(state, tokens):
-    return nnx.merge(graphdef, state).encode(tokens, tower)
+  embed = _embed_fn(graphdef, tower, NamedSharding(mesh, PartitionSpec()))
 
   def encode(texts: Sequence[str]) -> np.ndarray:
     if isinstance(texts, str):

@@ -86,13 +86,16 @@ def _read_manifest(directory: str) -> dict | None:
   return manifest
 
 
-def _encode(encode_fn: EncodeFn, texts: list[str], start: int,
-            dim: int | None) -> np.ndarray:
-  out = np.asarray(encode_fn(list(texts)))
-  where = f'encode_fn on rows {start}..{start + len(texts) - 1}'
-  if out.ndim != 2 or out.shape[0] != len(texts):
+def checked_embeddings(out, start: int, rows: int, dim: int | None,
+                       source: str = 'encode_fn') -> np.ndarray:
+  """`out` (an encoder's answer for corpus rows start..start+rows-1) as
+  float32 [rows, dim]; a wrong shape, another dimension than earlier
+  batches' or a non-finite row is an error naming the rows."""
+  out = np.asarray(out)
+  where = f'{source} on rows {start}..{start + rows - 1}'
+  if out.ndim != 2 or out.shape[0] != rows:
     raise ValueError(f'{where}: returned shape {out.shape}, expected '
-                     f'({len(texts)}, d)')
+                     f'({rows}, d)')
   if dim is not None and out.shape[1] != dim:
     raise ValueError(f'{where}: returned dimension {out.shape[1]}, earlier '
                      f'batches had {dim}')
@@ -102,6 +105,11 @@ def _encode(encode_fn: EncodeFn, texts: list[str], start: int,
     raise ValueError(f'{where}: non-finite embedding for row '
                      f'{start + int(np.argmin(finite))}')
   return out
+
+
+def _encode(encode_fn: EncodeFn, texts: list[str], start: int,
+            dim: int | None) -> np.ndarray:
+  return checked_embeddings(encode_fn(list(texts)), start, len(texts), dim)
 
 
 def _load_shard(path: str, dtype: str) -> np.ndarray:

@@ -71,6 +71,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import tempfile
 from typing import Sequence
 
 import gin
@@ -86,9 +87,12 @@ from retrieval.search import passages
 from retrieval.dsi.trie import Trie
 from rosetta.data import bad_input
 from rosetta.data import text_pairs
+from rosetta.run import run_dir
 from rosetta import vocab as vocab_lib
 
 CORPORA = ('xquad', 'cranfield')
+# The gin binding under which a run keeps its docids (`<run>/assets/`).
+MAPPING_ASSET = 'dsi_tasks.setup.mapping_path'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -480,6 +484,28 @@ def load_or_make_mapping(path: str | None, corpus: DsiCorpus, kind: str,
   return mapping
 
 
+@functools.lru_cache(maxsize=1)
+def _scratch_dir() -> str:
+  """One temporary folder per process for mappings that have no file."""
+  return tempfile.mkdtemp(prefix='rosetta_docids_')
+
+
+def _register_run_assets(mapping: docids_lib.DocidMapping,
+                         mapping_path: str | None, vocabulary: str) -> None:
+  """The docids and the text vocabulary travel with the run (`<run>/assets/`,
+  `run_dir.register_asset`): a loaded run decodes the very ids it learnt
+  (`rosetta dsi-retrieve`) even when `mapping_path` was None (semantic ids
+  are then remade from embeddings that may be gone) or the vocabulary file
+  moved. A mapping without a file is written to a temporary one to copy."""
+  if not mapping_path:
+    mapping_path = os.path.join(_scratch_dir(),
+                                f'{mapping.kind}_{len(mapping.ids)}.json')
+    mapping.save(mapping_path)
+  run_dir.register_asset(MAPPING_ASSET, mapping_path)
+  if vocabulary != 'bytes':
+    run_dir.register_asset('dsi_tasks.setup.vocabulary', vocabulary)
+
+
 @gin.configurable
 def setup(corpus: str = 'xquad', docid_kind: str = 'atomic',
           vocabulary: str = 'bytes', mapping_path: str | None = None,
@@ -507,6 +533,7 @@ def setup(corpus: str = 'xquad', docid_kind: str = 'atomic',
                            min_grade=min_grade, on_bad_line=on_bad_line)
   mapping = load_or_make_mapping(mapping_path, dsi_corpus, docid_kind,
                                  embeddings=embeddings, k=k, c=c, seed=seed)
+  _register_run_assets(mapping, mapping_path, vocabulary)
   vocab = docids_lib.DocidVocabulary(mapping, text_vocabulary(vocabulary))
   if model_vocab_size is not None and model_vocab_size < vocab.vocab_size:
     raise ValueError(

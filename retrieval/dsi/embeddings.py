@@ -52,7 +52,7 @@ def load_dual_encoder(model_dir: str, *, mesh=None,
   from rosetta.run.run_dir import RunDir
   run = RunDir(model_dir)
   path = run.require().config_path
-  gin_utils.parse([path], finalize=False)
+  gin_utils.parse_run_config(path)
   ref = gin.query_parameter('train.model')
   if not getattr(ref, 'selector', '').endswith('DualEncoderModel'):
     raise ValueError(f'{path}: train.model is {ref!r}, not a '

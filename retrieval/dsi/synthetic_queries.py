@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Sequence
+from typing import Callable, Sequence
 
 import gin
 import jax
@@ -47,6 +47,7 @@ from rosetta import partitioning
 from rosetta.decoding import algorithms as decoding
 from rosetta.decoding.processors import BanTokens, MinLength
 from rosetta.model import encoder_decoder_model
+from rosetta.run import run_dir
 from rosetta.run.run_dir import RunDir
 
 # ----------------------------------------------------------------- task ---
@@ -99,6 +100,9 @@ def qgen_setup(corpus: str = 'xquad', vocabulary: str = 'bytes',
   c = dsi_tasks.read_corpus(corpus, index_languages=languages,
                             query_languages=languages, min_grade=min_grade,
                             field='synthetic_queries.qgen_setup.corpus')
+  if vocabulary != 'bytes':   # travels with the run (run_dir.register_asset)
+    run_dir.register_asset('synthetic_queries.qgen_setup.vocabulary',
+                           vocabulary)
   return register_qgen_task(c, dsi_tasks.text_vocabulary(vocabulary),
                             doc_length=doc_length, suffix=suffix)
 
@@ -130,7 +134,8 @@ class QueryGenerator:
 
   def sample(self, texts: Sequence[str], n: int, *, seed: int = 0,
              top_k: int = 10, top_p: float = 0.95, temperature: float = 1.0,
-             max_length: int = 64, batch_size: int = 64
+             max_length: int = 64, batch_size: int = 64,
+             progress: Callable[[int], None] | None = None
              ) -> list[list[tuple[str, float]]]:
     """n sampled queries per text: [[(query, log_prob)] * n]. Batches hold
     batch_size // n texts (each repeated n times; rows draw independently)
@@ -138,7 +143,7 @@ class QueryGenerator:
     seed gives the same queries again. EOS is banned at the first step and
     ids past the vocabulary (the model's padded rows) always; a sample can
     still decode to whitespace only (a lone '▁' piece): `generate` drops
-    those."""
+    those. `progress(texts_done_in_this_batch)` after each batch (a bar)."""
     if n < 1 or batch_size < n:
       raise ValueError(f'QueryGenerator.sample: need 1 <= n <= batch_size, '
                        f'got n={n}, batch_size={batch_size}')
@@ -170,6 +175,8 @@ class QueryGenerator:
       for i in range(m):
         out.append([(self.vocabulary.decode(tokens[i * n + j].tolist()),
                      float(logp[i * n + j])) for j in range(n)])
+      if progress is not None:
+        progress(m)
     return out
 
 

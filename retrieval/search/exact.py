@@ -191,9 +191,16 @@ def shard_index(mesh: Mesh, axes: tuple[str, ...]) -> jax.Array:
 def local_scores(q: jax.Array, rows: jax.Array) -> jax.Array:
   """[b, d] x [r, d] -> [b, r] float32 inner products, -0.0 made +0.0 (top_k
   orders by the total order, where -0.0 < +0.0)."""
-  s = jnp.dot(q.astype(rows.dtype), rows.T,
+  s = jnp.dot(q.astype(rows.dtype), rows.T, precision=exact_precision(rows),
               preferred_element_type=jnp.float32)
   return jnp.where(s == 0, jnp.float32(0), s)
+
+
+def exact_precision(rows: jax.Array):
+  """HIGHEST for float32 scores: TPU (and GPU TF32) matmuls at default
+  precision round float32 inputs to bfloat16 passes, so a float32 search
+  would not be float32-exact there. bfloat16 inputs are exact in one pass."""
+  return jax.lax.Precision.HIGHEST if rows.dtype == jnp.float32 else None
 
 
 # Elements one device holds per block: block rows x local queries scores
@@ -322,7 +329,8 @@ def compiled_search_fn(mesh: Mesh, corpus_axes: tuple[str, ...],
       # and the queries pre-transposed keep XLA:CPU on its fast bf16 path
       # (with the corpus as the transposed right operand it converts both
       # to float32 first).
-      s = jnp.dot(blk, qt, preferred_element_type=jnp.float32)
+      s = jnp.dot(blk, qt, precision=exact_precision(blk),
+                  preferred_element_type=jnp.float32)
       adj = s
       if corrected:
         adj = scale * s - jax.lax.dynamic_slice_in_dim(bias, start,

@@ -1,5 +1,5 @@
-"""Hybrid retrieval: fuse the ranked lists of several systems (BM25 + a
-dual encoder, say) into one.
+"""fuse TREC runs of several systems (BM25 + a dual encoder, say) into one
+(hybrid retrieval).
 
     rrf([bm25_run, dense_run])                       # parameter-free
     combsum([bm25_run, dense_run], weights=(0.7, 0.3), norm='minmax')

@@ -122,6 +122,16 @@ def evaluate(run: Run, qrels: Qrels, ks: Sequence[int] = DEFAULT_KS,
   return (means, table) if per_query else means
 
 
+def average_precision(run: Run, qrels: Qrels) -> dict[str, float]:
+  """trec_eval `map` (over the whole run, no cutoff) of every query of
+  `qrels` with a relevant document; one missing from the run scores 0."""
+  qrels = {str(q): {str(d): int(g) for d, g in docs.items()}
+           for q, docs in qrels.items()}
+  judged = [q for q, docs in qrels.items()
+            if any(g >= 1 for g in docs.values())]
+  got = pytrec_eval.RelevanceEvaluator(qrels, {'map'}).evaluate(run)
+  return {q: got[q]['map'] if q in got else 0.0 for q in judged}
+
 # ------------------------------------------------------------ on device ---
 
 def device_metrics(topk_indices, *, relevant_ids=None, relevant_grades=None,

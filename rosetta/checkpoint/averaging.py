@@ -1,4 +1,4 @@
-"""Checkpoint averaging: the mean of a run's last N checkpoints as a new run.
+"""average a run's last N checkpoints into a new run (checkpoint averaging).
 
     rosetta average --model_dir runs/nmt --last 5 --output_dir runs/nmt_avg5
     rosetta average --model_dir runs/nmt --steps 8000,9000,10000 \\

@@ -117,6 +117,23 @@ def make_predict_fn(predict_batch: Callable[[dict[str, jax.Array]], Any], *,
   return predict_fn
 
 
+def predict_with_scores(predict_batch: Callable[[dict[str, jax.Array]], Any],
+                        dataset: tf.data.Dataset, *, global_batch_size: int,
+                        partitioner: partitioning.Partitioner
+                        | jax.sharding.Mesh
+                        ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+  """{index: (tokens, scores)} over an enumerated eval dataset, from
+  `predict_batch(features) -> (tokens, scores)` with a leading batch axis
+  each, e.g. n-best: (B, n, L) and (B, n)."""
+  out = {}
+  for b in eval_batches(dataset, global_batch_size, partitioner):
+    tokens, scores = (_to_host(x) for x in predict_batch(b.features))
+    for i, real, t, s in zip(b.indices, b.mask, tokens, scores):
+      if real:
+        out[int(i)] = (t, s)
+  return out
+
+
 def make_score_fn(score_batch: Callable[[dict[str, jax.Array]], Any], *,
                   global_batch_size: int,
                   partitioner: partitioning.Partitioner | jax.sharding.Mesh

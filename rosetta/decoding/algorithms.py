@@ -600,6 +600,53 @@ def decode(model, encoder_input_tokens, options: DecodeOptions, *,
                 processors=processors, max_lengths=max_lengths)
 
 
+def decode_nbest(model, encoder_input_tokens, options: DecodeOptions,
+                 num_decodes: int, *, processors: Sequence[Processor] = (),
+                 max_lengths=None):
+  """`num_decodes` outputs per example under `options`: tokens (b, n, L)
+  and scores (b, n).
+
+  Beam search (num_beams > 1): the n best finished hypotheses, best first,
+  with their beam scores (length-penalised log-probabilities); n <=
+  num_beams. Sampling (temperature > 0): n independent samples with their
+  summed log-probabilities, in draw order; sample 0 uses
+  `jax.random.key(options.seed)` exactly as `decode` does (so it is the
+  1-best sample) and sample i > 0 `fold_in(key(seed), i)`. Greedy search
+  has one output (n = 1).
+  """
+  if isinstance(num_decodes, bool) or not isinstance(num_decodes, int) or (
+      num_decodes < 1):
+    raise ValueError(f'num_decodes must be an integer >= 1, got '
+                     f'{num_decodes!r}')
+  if options.num_beams > 1:
+    if num_decodes > options.num_beams:
+      raise ValueError(f'num_decodes={num_decodes} outputs need at least as '
+                       f'many beams (num_beams={options.num_beams})')
+    return beam_search(
+        model, encoder_input_tokens, num_beams=options.num_beams,
+        max_decode_length=options.max_decode_length, alpha=options.alpha,
+        beta=options.beta, length_penalty=options.length_penalty,
+        num_decodes=num_decodes, processors=processors,
+        max_lengths=max_lengths)
+  if not options.temperature:
+    if num_decodes > 1:
+      raise ValueError(f'num_decodes={num_decodes}: greedy search has one '
+                       'output; use beam search (num_beams >= num_decodes) '
+                       'or sampling (temperature > 0)')
+    tokens, scores = decode(model, encoder_input_tokens, options,
+                            processors=processors, max_lengths=max_lengths)
+    return tokens[:, None], scores[:, None]
+  key = jax.random.key(options.seed)
+  outputs = [sample(model, encoder_input_tokens,
+                    rng=key if i == 0 else jax.random.fold_in(key, i),
+                    max_decode_length=options.max_decode_length,
+                    temperature=options.temperature, top_k=options.top_k,
+                    top_p=options.top_p, processors=processors,
+                    max_lengths=max_lengths) for i in range(num_decodes)]
+  return (jnp.stack([t for t, _ in outputs], axis=1),
+          jnp.stack([s for _, s in outputs], axis=1))
+
+
 @functools.partial(jax.jit, static_argnames=('graphdef',))
 def _score_jit(graphdef, state, encoder_input_tokens, targets):
   model = nnx.merge(graphdef, state)

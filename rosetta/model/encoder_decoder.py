@@ -25,6 +25,7 @@ example it was a (b, h, q, k) gather: ~3% of a T5-small training step.)
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Sequence
 
 import gin
@@ -60,9 +61,16 @@ class T5Config:
   pad_token_id: int = 0
   eos_token_id: int = 1
   decoder_start_token_id: int = 0
+  # Rematerialisation of each encoder / decoder layer in training (decoding
+  # never remats): 'none', 'full' (keep only each layer's input) or
+  # 'dots_saveable' (keep matmul outputs, recompute the rest).
+  remat: str = 'none'
 
   def __post_init__(self):
     object.__setattr__(self, 'mlp_activations', tuple(self.mlp_activations))
+    if self.remat not in layers.REMAT_POLICIES:
+      raise ValueError(f'T5Config.remat must be one of '
+                       f'{sorted(layers.REMAT_POLICIES)}, got {self.remat!r}')
     for field in ('vocab_size', 'emb_dim', 'num_heads', 'head_dim', 'mlp_dim',
                   'num_encoder_layers', 'num_decoder_layers',
                   'relative_attention_num_buckets',
@@ -142,14 +150,18 @@ class Encoder(nnx.Module):
     self.final_norm = layers.RMSNorm(cfg.emb_dim, cfg.layer_norm_epsilon,
                                      cfg.jnp_dtype, cfg.jnp_param_dtype)
     self.dropout = nnx.Dropout(cfg.dropout_rate)
+    self.remat = cfg.remat
 
   def __call__(self, embedded, valid, segment_ids, deterministic, rngs):
     idx = _index_positions(embedded.shape[1])
     bias = self.relpos_bias(idx, idx)
     mask = _attention_mask(valid, valid, segment_ids, segment_ids)
     x = self.dropout(embedded, deterministic=deterministic, rngs=rngs)
+    call = layers.rematerialized(
+        lambda layer, x, bias, mask, rngs: layer(x, bias, mask, deterministic,
+                                                 rngs), self.remat)
     for layer in self.layers:
-      x = layer(x, bias, mask, deterministic, rngs)
+      x = call(layer, x, bias, mask, rngs)
     x = self.final_norm(x)
     return self.dropout(x, deterministic=deterministic, rngs=rngs)
 
@@ -191,6 +203,10 @@ class DecoderLayer(nnx.Module):
     return x + drop(h), probs
 
 
+def _with_rngs(call, rngs, layer, *args):
+  return call(layer, *args, rngs)
+
+
 class Decoder(nnx.Module):
 
   def __init__(self, cfg: T5Config, *, rngs: nnx.Rngs):
@@ -217,9 +233,17 @@ class Decoder(nnx.Module):
     cache_index = self.cache_index[...] if decode else None
     x = self.dropout(embedded, deterministic=deterministic, rngs=rngs)
     probs = None
+    if decode:
+      call = lambda layer, *args: layer(*args, cache_index, deterministic,
+                                        rngs, beam_ancestry)
+    else:  # training / scoring: the remat policy (no cache, no beams)
+      call = layers.rematerialized(
+          lambda layer, x, encoded, self_bias, self_mask, cross_mask, rngs:
+          layer(x, encoded, self_bias, self_mask, cross_mask, None,
+                deterministic, rngs, beam_ancestry), self.cfg.remat)
+      call = functools.partial(_with_rngs, call, rngs)
     for layer in self.layers:
-      x, probs = layer(x, encoded, self_bias, self_mask, cross_mask,
-                       cache_index, deterministic, rngs, beam_ancestry)
+      x, probs = call(layer, x, encoded, self_bias, self_mask, cross_mask)
     x = self.final_norm(x)
     x = self.dropout(x, deterministic=deterministic, rngs=rngs)
     if not project:   # the states the output projection would read

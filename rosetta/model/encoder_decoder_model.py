@@ -39,7 +39,9 @@ class EncoderDecoderModel:
                label_smoothing: float = 0.0, z_loss: float = 1e-4,
                max_decode_length: int = 64, num_beams: int = 1,
                alpha: float = 0.6, beta: float = 0.0,
-               length_penalty: str = 'gnmt', processors=None,
+               length_penalty: str = 'gnmt', temperature: float = 0.0,
+               top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+               processors=None,
                packing: str = 'seqio', loss_chunk_length: int | None = None):
     """processors: an optional zero-argument callable returning logits
     processors that every `predict_batch` applies (after any passed to it),
@@ -52,7 +54,9 @@ class EncoderDecoderModel:
     loss_chunk_length: project to the vocabulary and take the loss over
     this many target positions at a time (`rosetta.model.chunked_loss`), so the
     (batch, length, vocab) logits are never held whole; None = all at once.
-    Same loss and gradients up to float32 rounding."""
+    Same loss and gradients up to float32 rounding.
+    max_decode_length ... seed: the default decoding (`DecodeOptions`);
+    temperature > 0 with num_beams = 1 samples (top_k, top_p, seed)."""
     self.config = config if config is not None else T5Config()
     if not 0.0 <= label_smoothing < 1.0:
       raise ValueError('EncoderDecoderModel.label_smoothing must be in [0, 1)')
@@ -62,7 +66,8 @@ class EncoderDecoderModel:
     # pass their own `DecodeOptions` to `predict_batch`.
     self.decode_options = decoding.DecodeOptions(
         max_decode_length=max_decode_length, num_beams=num_beams,
-        alpha=alpha, beta=beta, length_penalty=length_penalty)
+        alpha=alpha, beta=beta, length_penalty=length_penalty,
+        temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     if processors is not None and not callable(processors):
       raise TypeError('EncoderDecoderModel.processors must be a zero-argument'
                       f' callable returning processors, got {processors!r}')
@@ -149,16 +154,25 @@ class EncoderDecoderModel:
   # ----------------------------------------------------------- inference ---
   def predict_batch(self, network: EncoderDecoder, batch, *,
                     options: decoding.DecodeOptions | None = None,
-                    processors=(), return_scores: bool = False):
+                    processors=(), return_scores: bool = False,
+                    num_decodes: int | None = None):
     """Best decode per example: (b, max_decode_length) tokens (and its
     score with `return_scores`) under `options` (default: the wrapper's
     `decode_options`); `processors` are logits processors, e.g. a forced
-    language token; the wrapper's own `processors()` are appended."""
+    language token; the wrapper's own `processors()` are appended.
+    num_decodes: n outputs per example instead, (b, n, max_decode_length)
+    tokens and (b, n) scores (`decoding.decode_nbest`: the n best beams,
+    or n samples)."""
     options = options if options is not None else self.decode_options
     if self.processors is not None:
       processors = tuple(processors) + tuple(self.processors())
-    tokens, scores = decoding.decode(network, batch['encoder_input_tokens'],
-                                     options, processors=processors)
+    if num_decodes is not None:
+      tokens, scores = decoding.decode_nbest(
+          network, batch['encoder_input_tokens'], options, num_decodes,
+          processors=processors)
+    else:
+      tokens, scores = decoding.decode(network, batch['encoder_input_tokens'],
+                                       options, processors=processors)
     return (tokens, scores) if return_scores else tokens
 
   def score_batch(self, network: EncoderDecoder, batch):

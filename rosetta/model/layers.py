@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rosetta.partitioning import constrain
+from rosetta.partitioning import constrain, target_platform
 
 NEG_INF = -1e10  # finite, so a fully masked row softmaxes to uniform, not NaN
 
@@ -101,12 +101,31 @@ def materialized_transpose(x):
   (float32: 360 vs 420). Splitting the minor dimension first turns it into
   a 3-D transpose that is not folded; the copy costs ~2% of the matmul.
   GPU and TPU compilers take transposed operands natively: there the plain
-  transpose is kept.
+  transpose is kept. Keyed on the platform traced for (the mesh's devices),
+  so an ahead-of-time compile for TPU from a CPU host takes the TPU path.
   """
   rows, cols = x.shape
-  if cols % 2 or jax.default_backend() != 'cpu':
+  if cols % 2 or target_platform() != 'cpu':
     return x.T
   return x.reshape(rows, 2, cols // 2).transpose(1, 2, 0).reshape(cols, rows)
+
+
+# T5Config.remat: what each layer keeps for the backward pass. 'full' keeps
+# only the layer's input (recomputing its forward, ~1.33x the step's FLOPs);
+# 'dots_saveable' keeps the matmul outputs and recomputes the cheap
+# elementwise work in between.
+REMAT_POLICIES = {
+    'none': None,
+    'full': jax.checkpoint_policies.nothing_saveable,
+    'dots_saveable': jax.checkpoint_policies.dots_saveable,
+}
+
+
+def rematerialized(fn, policy: str):
+  """`fn(module, *arrays)` under the named remat policy ('none': as is)."""
+  if policy == 'none':
+    return fn
+  return nnx.remat(fn, policy=REMAT_POLICIES[policy])
 
 
 def normal_init(key, shape, stddev, dtype):

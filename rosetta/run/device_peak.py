@@ -26,6 +26,7 @@ ACCELERATOR_PEAKS = (
     ('TPU v5p', 459e12),
     ('TPU v5 lite', 197e12),   # v5e
     ('TPU v5e', 197e12),
+    ('TPU v5', 459e12),        # v5p reports its device_kind as 'TPU v5'
     ('TPU v4', 275e12),
     ('TPU v3', 123e12),
     ('NVIDIA H200', 989e12),

@@ -1,4 +1,4 @@
-"""Plots of Rosetta runs, saved as PNG files.
+"""plot a run's curves and metrics, saved as PNG files.
 
     rosetta plot curves runs/main        # -> runs/main/plots/training_curves.png
     rosetta plot table runs/main/translation_table.json

@@ -97,6 +97,12 @@ class RunLogger:
     which are not training time)."""
     self._last = (time.time(), step, 0.0)
 
+  def exclude(self, seconds: float):
+    """Leave `seconds` of other work inside the throughput window (an
+    evaluation before the next report) out of it."""
+    t0, s0, x = self._last
+    self._last = (t0 + seconds, s0, x)
+
   def eval_report(self, step: int, split: str, metrics: dict[str, float]):
     self.write_scalars(split, step, metrics)
     if self.main:

@@ -191,7 +191,7 @@ class RunDir:
     its tasks: the config's own `task_setup.register_fns`, then
     `register_fns` (extra callables). Returns the config's path."""
     path = self.require().config_path
-    gin_utils.parse([path], finalize=False)
+    gin_utils.parse_run_config(path)
     self.bind_assets()
     _READING_A_RUN[0] = True
     try:

@@ -128,6 +128,30 @@ def _run_evaluators(evaluators, trainer, state, batch_size, step, logger):
   return results
 
 
+def _run_eval_fns(eval_fns, trainer, state, step, logger
+                  ) -> dict[str, dict[str, float]]:
+  """Runs each of `eval_fns` (see `train`) on the state's parameters and
+  reports each result to TensorBoard; returns {name: metrics}. Their time
+  is left out of the throughput."""
+  started = time.time()
+  network = trainer.network(state['params'])
+  out = {}
+  for fn in eval_fns:
+    results = fn(model=trainer.model, network=network,
+                 partitioner=trainer.partitioner, step=step)
+    for name, metrics in results.items():
+      out[name] = {k: float(v) for k, v in metrics.items()}
+      logger.eval_report(step, f'eval/{name}', out[name])
+  logger.exclude(time.time() - started)
+  return out
+
+
+def _flat(results: dict[str, dict[str, float]]) -> dict[str, float]:
+  """{name: metrics} as the `eval/<name>/<metric>` keys of a jsonl row."""
+  return {f'eval/{name}/{k}': v for name, metrics in results.items()
+          for k, v in metrics.items()}
+
+
 @gin.configurable(denylist=['config_text'])
 def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
           task_feature_lengths: dict = gin.REQUIRED,
@@ -142,7 +166,8 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
           eval_tasks: list | None = None, eval_split: str = 'validation',
           eval_batch_size: int | None = None,
           eval_num_examples: int | None = None,
-          eval_loss_batches: int = 2, peak_flops: float | str | None = 'auto',
+          eval_loss_batches: int = 2, eval_fns: list | None = None,
+          peak_flops: float | str | None = 'auto',
           init_from_hf: str | None = None, stop_after_steps: int | None = None,
           allow_config_change: bool = False,
           time_budget_s: float | None = None,
@@ -175,6 +200,12 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
   `cache_dirs`: folders written by `rosetta cache`; the training input then
   reads every task's tokenized shards from there (seqio's `use_cached`),
   and a task missing from them is an error.
+  `eval_fns`: an application's own evaluations (gin, e.g. the dual
+  encoder's `[@training_eval.RetrievalEval()]`), run at every eval point
+  (`eval_period` and the last step) as `fn(model=, network=, partitioner=,
+  step=) -> {name: {metric: value}}` on every process; each name goes to
+  TensorBoard as `eval/<name>` and into that step's `train_metrics.jsonl`
+  row as `eval/<name>/<metric>` keys (`_run_eval_fns`).
   """
   task_setup()
   _check_registered([task, *(eval_tasks or [])])  # before the run folder
@@ -274,6 +305,8 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
             'accuracy': float(sums['correct']) / tokens}
 
   step = start_step
+  eval_rows = {}  # step -> eval_fns' metrics, merged into its jsonl row
+  eval_fns_step = None  # the last step eval_fns ran at
   skipped = 0  # bad input lines skipped so far (on_bad_line='skip')
   end = total_steps if stop_after_steps is None else min(
       total_steps, start_step + stop_after_steps)
@@ -300,11 +333,17 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
       state, metrics = tr.train_step(state, batch)
       step += 1
       pending.append((step, metrics))
+      if eval_fns and eval_period and (step % eval_period == 0
+                                       or step == end):
+        eval_rows[step] = _flat(_run_eval_fns(eval_fns, tr, state, step,
+                                              logger))
+        eval_fns_step = step
       if step % log_period == 0 or step == end:
         for s, m in pending:  # host transfer only here, not every step
           host = _host_scalars(m)
           tokens_since += host['num_tokens']
-          _log_metrics(metrics_log, {'step': s, **host})
+          _log_metrics(metrics_log, {'step': s, **host,
+                                     **eval_rows.pop(s, {})})
         logger.train_report(step, host, tokens_since)
         tokens_since, pending = 0.0, []
         skipped = _report_skipped_input(run, skipped)
@@ -324,7 +363,8 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
         logger.reset_timer(step)
       if guard.should_stop(step):
         for s, m in pending:
-          _log_metrics(metrics_log, {'step': s, **_host_scalars(m)})
+          _log_metrics(metrics_log, {'step': s, **_host_scalars(m),
+                                     **eval_rows.pop(s, {})})
         pending = []
         save(force=True)
         ckpt.wait()
@@ -339,6 +379,8 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
   if eval_period and step % eval_period != 0:
     logger.eval_report(step, 'validation', eval_loss(state))
     _run_evaluators(evaluators, tr, state, eval_bs, step, logger)
+    if eval_fns and eval_fns_step != step:  # a budget ended the run after
+      _run_eval_fns(eval_fns, tr, state, step, logger)  # its row: TB only
   logger.close()
   _log(f'done: step {step} (training loop: {loop_cpu:.1f} CPU s, '
        f'{loop_wall:.1f} s wall)')
@@ -389,8 +431,10 @@ def evaluate(*, model_dir: str = gin.REQUIRED, tasks: list = gin.REQUIRED,
              model=gin.REQUIRED, split: str = 'validation',
              batch_size: int = 32, task_feature_lengths: dict | None = None,
              num_examples: int | None = None, mesh=None,
-             step: int | None = None):
-  """Runs each task's seqio metrics on a saved checkpoint; writes
+             step: int | None = None, eval_fns: list | None = None):
+  """Runs each task's seqio metrics, and each of `eval_fns` (as
+  `train.eval_fns`, e.g. a dual encoder's retrieval metrics with
+  `tasks = []`), on a saved checkpoint; writes
   `model_dir/eval_<split>_<step>.json` atomically and returns the metrics."""
   task_setup()
   run = RunDir(model_dir)
@@ -402,6 +446,8 @@ def evaluate(*, model_dir: str = gin.REQUIRED, tasks: list = gin.REQUIRED,
   logger = run_logging.RunLogger(run.tensorboard_path, step, step,
                                  progress_bar=False)
   results = _run_evaluators(evaluators, tr, state, batch_size, step, logger)
+  if eval_fns:
+    results.update(_run_eval_fns(eval_fns, tr, state, step, logger))
   logger.close()
   run_files.atomic_write_text(
       run.file(f'eval_{split}_{step}.json'),
@@ -416,13 +462,26 @@ def infer(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
           split: str = 'validation', batch_size: int = 32,
           task_feature_lengths: dict | None = None,
           num_examples: int | None = None, mesh=None,
-          step: int | None = None):
+          step: int | None = None, num_decodes: int | None = None):
   """Decodes a task split with a saved checkpoint; writes JSONL (input,
-  prediction, target per line, in dataset order) atomically."""
+  prediction, target per line, in dataset order) atomically. A model
+  wrapper with a `write_inference` method (one that does not decode, such
+  as a dual encoder writing embeddings) writes its own output instead,
+  called with the network and this function's arguments. Decoding is
+  the model's (`EncoderDecoderModel.num_beams`, `.temperature`, `.top_k`,
+  `.top_p`, `.seed`); `num_decodes` = n adds `predictions`, the n best
+  beams or n samples as [{"text", "score"}, ...] (`prediction` is the
+  first)."""
   task_setup()
   import seqio
   tr, state, step = RunDir(model_dir).restore_for_inference(
       model, mesh, step)
+  writer = getattr(tr.model, 'write_inference', None)
+  if writer is not None:  # a wrapper that does not decode writes its own
+    return writer(tr.network(state['params']), task=task, split=split,
+                  output_path=output_path, batch_size=batch_size,
+                  task_feature_lengths=task_feature_lengths,
+                  num_examples=num_examples, partitioner=tr.partitioner)
   task_obj = seqio.get_mixture_or_task(task)
   evaluator = evaluation.make_evaluator(task, split,
                                   task_feature_lengths=task_feature_lengths,
@@ -438,8 +497,18 @@ def infer(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
                                     global_batch_size=batch_size,
                                     partitioner=tr.partitioner)
   dataset = evaluator.cached_model_datasets[task_obj.name]  # (index, feats)
-  predictions = dict(predict_fn(dataset))
   vocab = task_obj.output_features['targets'].vocabulary
+  if num_decodes is not None:
+    def predict_nbest(features):
+      with tr.partitioner.activate():
+        return tr.model.predict_batch(network, features, return_scores=True,
+                                      num_decodes=num_decodes)
+    nbest = evaluation.predict_with_scores(
+        predict_nbest, dataset, global_batch_size=batch_size,
+        partitioner=tr.partitioner)
+    predictions = {i: tokens[0] for i, (tokens, _) in nbest.items()}
+  else:
+    predictions = dict(predict_fn(dataset))
   examples = evaluator.cached_task_datasets[task_obj.name]
   records = []
   for i, ex in enumerate(examples.as_numpy_iterator()):
@@ -448,4 +517,8 @@ def infer(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
         'input': ex.get('inputs_pretokenized', b'').decode('utf-8'),
         'target': ex.get('targets_pretokenized', b'').decode('utf-8'),
         'prediction': vocab.decode(list(predictions[i]))})
+    if num_decodes is not None:
+      records[-1]['predictions'] = [
+          {'text': vocab.decode(t.tolist()), 'score': float(score)}
+          for t, score in zip(*nbest[i])]
   return run_files.write_jsonl_atomically(output_path, records)

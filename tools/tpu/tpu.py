@@ -6,7 +6,7 @@
     python tools/tpu/tpu.py install --tpu rosetta-v5e --zone us-west4-a
     python tools/tpu/tpu.py train   --tpu rosetta-v5e --zone us-west4-a \\
         --model_dir gs://my-bucket/runs/nmt -- \\
-        --gin_file=experiments/nmt_cpu_small.gin \\
+        --gin_file=experiments/nmt_tpu.gin \\
         --gin.nmt.setup.vocab_path="'runs/vocab/nmt_8k.model'"
     python tools/tpu/tpu.py logs    --tpu rosetta-v5e --zone us-west4-a
     python tools/tpu/tpu.py stop    --tpu rosetta-v5e --zone us-west4-a
@@ -147,7 +147,7 @@ def train_steps(args) -> list[Step]:
   if not any(a.startswith('--gin_file') for a in args.rosetta_args):
     raise SystemExit('tools/tpu train: give the rosetta arguments after '
                      '`--`, at least one --gin_file=..., e.g. '
-                     '`-- --gin_file=experiments/nmt_cpu_small.gin`')
+                     '`-- --gin_file=experiments/nmt_tpu.gin`')
   bad = [a for a in args.rosetta_args
          if a.startswith(('--gin.train.model_dir',
                           '--gin.distributed.coordinator_address'))]

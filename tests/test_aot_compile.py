@@ -1,0 +1,146 @@
+"""Ahead-of-time compilation for TPU slices from this CPU machine
+(`rosetta compile`, rosetta/aot/): libtpu describes the slice, the real
+train step compiles for it, and the memory the compiler reports per device
+is checked against golden numbers (libtpu 0.0.42.1: a libtpu upgrade may
+move them; re-derive with `rosetta compile ... --json`)."""
+
+import json
+
+import gin
+import jax
+import jax.numpy as jnp
+import pytest
+
+from rosetta import cli, gin_utils, partitioning
+from rosetta.aot import command, compiler, topologies
+from rosetta.run import device_peak
+from retrieval.search import exact
+
+TINY = ['models/tiny.gin', 'runs/train.gin']
+# One layer each way: the TPU compiler's time grows with the layers.
+TINY_BINDINGS = ["train.task_feature_lengths = {'inputs': 32, 'targets': 32}",
+                 'train.batch_size = 16', 'train.mesh = None',
+                 'encoder_decoder.T5Config.num_encoder_layers = 1',
+                 'encoder_decoder.T5Config.num_decoder_layers = 1']
+
+
+@pytest.fixture(autouse=True)
+def clear_gin():
+  yield
+  gin.clear_config()
+
+
+def _tiny_spec(*extra):
+  gin_utils.parse(TINY, [*TINY_BINDINGS, *extra], finalize=False)
+  return compiler.run_spec_from_gin()
+
+
+def test_targets_name_libtpu_topologies():
+  t = topologies.parse_target('v5p-128')
+  assert (t.topology, t.chip_config, t.num_devices, t.hbm_bytes) == (
+      'v5:4x4x4', 'megacore', 64, 95 * 2 ** 30)
+  t = topologies.parse_target('2xv5e-256')
+  assert (t.topology, t.num_slices, t.num_devices) == ('v5e:16x16', 2, 512)
+  assert topologies.parse_target('v4-8').topology == 'v4:2x2x1'
+  assert topologies.parse_target('v6e-8').topology == 'v6e:2x4'
+  devices = topologies.parse_target('v4-8').devices()
+  assert len(devices) == 4 and {d.device_kind for d in devices} == {'TPU v4'}
+  assert {d.platform for d in topologies.parse_target('v6e-8').devices()} == {
+      'tpu'}
+  assert jax.default_backend() == 'cpu'   # libtpu present, JAX still on CPU
+  for name in ('v4-8', 'v5e-4', 'v5p-8', 'v6e-8'):
+    t = topologies.parse_target(name)
+    kind = t.devices()[0].device_kind
+    assert device_peak.accelerator_peak(kind) == t.peak_flops, (name, kind)
+
+
+def test_float32_search_scores_at_highest_precision_on_tpu():
+  """A float32 search is float32-exact on TPU only at HIGHEST precision
+  (the default rounds float32 inputs to bfloat16 passes)."""
+  devices = topologies.parse_target('v5e-4').devices()
+  mesh = partitioning.make_mesh(data=4, devices=devices)
+  q = jax.ShapeDtypeStruct((4, 8), jnp.float32)
+  for dtype, expected in ((jnp.float32, True), (jnp.bfloat16, False)):
+    rows = jax.ShapeDtypeStruct((16, 8), dtype)
+    with partitioning.activate(mesh):
+      text = jax.jit(exact.local_scores).lower(q, rows).as_text()
+    assert ('HIGHEST' in text) == expected, dtype
+
+
+@pytest.mark.parametrize('name, message', [
+    ('v5e-12', r"no standard v5e slice of that size; sizes: 1, 4, 8, 16"),
+    ('v5p-7', r'count TensorCores \(two per chip\)'),
+    ('tpu-8', r'expected GEN-SIZE or NxGEN-SIZE'),
+])
+def test_bad_targets_are_named(name, message):
+  with pytest.raises(ValueError, match=message):
+    topologies.parse_target(name)
+
+
+def test_bad_target_is_a_usage_error(capsys):
+  with pytest.raises(SystemExit) as stop:   # argparse: status 2
+    cli.main(['compile', '--gin_file=models/tiny.gin', '--target', 'v5e-12'])
+  assert stop.value.code == 2
+  err = capsys.readouterr().err
+  assert "target 'v5e-12': no standard v5e slice" in err
+
+
+def test_tpu_path_is_taken_when_compiling_for_tpu():
+  """layers.materialized_transpose (an XLA:CPU speed-up: a 3-D transpose
+  with dims [1, 2, 0]) is keyed on the mesh's devices: the CPU lowering has
+  it, the TPU lowering of the same train step does not."""
+  spec = _tiny_spec()
+  shapes = compiler.batch_shapes(spec.model, spec.task_feature_lengths,
+                                 spec.batch_size, spec.pack)
+  texts = {}
+  for platform, devices in [
+      ('cpu', jax.devices()[:4]),
+      ('tpu', topologies.parse_target('v5e-4').devices())]:
+    trainer = compiler.build_trainer(spec, devices)
+    with trainer.partitioner.activate():
+      assert partitioning.target_platform() == platform
+    texts[platform] = trainer.lower_train_step(shapes).as_text()
+  pattern = 'stablehlo.transpose %'
+  cpu_3d = [l for l in texts['cpu'].splitlines()
+            if pattern in l and 'dims = [1, 2, 0]' in l]
+  tpu_3d = [l for l in texts['tpu'].splitlines()
+            if pattern in l and 'dims = [1, 2, 0]' in l]
+  assert len(cpu_3d) >= 10       # every dense kernel gradient
+  assert tpu_3d == []
+
+
+def test_tiny_train_step_memory_on_v5e_matches_golden():
+  spec = _tiny_spec()
+  (train, tips), = command.compile_target(
+      spec, topologies.parse_target('v5e-4'), log=lambda m: None)
+  assert train.mesh == {'data': 4, 'fsdp': 1, 'model': 1}
+  # tiny (one layer each way), float32 parameters replicated, Adafactor's
+  # factored state; the arguments are larger than the state's bytes: TPU
+  # layouts pad small arrays to (8, 128) tiles.
+  assert (train.params_bytes, train.opt_state_bytes) == GOLDEN_STATE
+  assert (train.argument_bytes, train.output_bytes, train.alias_bytes,
+          train.temp_bytes) == GOLDEN_MEMORY
+  assert train.fits and train.headroom > 0.99 and tips == []
+  assert 1.0 < train.flops_ratio < 2.5
+  assert train.optimal_seconds > 0 and 0 < train.mfu_bound < 1
+
+
+def test_compile_command_reports_does_not_fit(tmp_path, capsys):
+  out = tmp_path / 'report.json'
+  status = cli.main(
+      ['compile', *[f'--gin_file={f}' for f in TINY],
+       "--gin.train.task_feature_lengths={'inputs': 1024, 'targets': 1024}",
+       '--gin.train.batch_size=16384', '--target', 'v5e-4',
+       '--json', str(out)])
+  text = capsys.readouterr().out
+  assert status == 1
+  assert 'train step on v5e-4: 4 devices, mesh data=4 fsdp=1 model=1' in text
+  assert 'does not fit:' in text and 'what would change it:' in text
+  assert '--gin.train.num_microbatches=' in text
+  (row,) = json.loads(out.read_text())
+  assert not row['fits'] and row['total_bytes'] > 16 * 2 ** 30
+  assert row['advice'] and row['hbm_bytes'] == 16 * 2 ** 30
+
+
+GOLDEN_STATE = (198528, 198768)
+GOLDEN_MEMORY = (815616, 837120, 803328, 0)
