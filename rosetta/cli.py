@@ -53,6 +53,7 @@ CORE_COMMANDS = {
     'compile': 'rosetta.aot.command:main',
     'export': 'rosetta.checkpoint.hf_command:export_main',
     'import': 'rosetta.checkpoint.hf_command:import_main',
+    'merge-lora': 'rosetta.checkpoint.merge_command:main',
     'plot': 'rosetta.run.plots:main',
     'serve': 'rosetta.serving.serve_command:main',
     'vocab': 'rosetta.vocab_command:main',

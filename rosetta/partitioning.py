@@ -50,6 +50,8 @@ DEFAULT_RULES: Rules = (
     ('heads', 'model'),
     ('kv', None),
     ('relpos_buckets', None),
+    ('lora_rank', None),       # rosetta.model.peft: LoRA's low rank
+    ('adapter', None),         # and a bottleneck adapter's width
     # --- activations ---
     ('activation_batch', ('data', 'fsdp')),
     ('activation_length', None),

@@ -13,12 +13,17 @@ so a resumed run draws exactly the same dropout masks as an uninterrupted
 one. Gradient accumulation runs microbatches under `lax.scan`, each loss
 divided by the token count of the *whole* batch, so the accumulated gradient
 equals the big-batch gradient.
+
+With `trainable` patterns (`rosetta.trainable_params`; LoRA, adapters) the
+state's 'params' hold only the trained parameters; the frozen rest is the
+trainer's `frozen` tree, an argument of the step that is read, never
+differentiated, updated or saved.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +33,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from rosetta import partitioning
+from rosetta import trainable_params
 from rosetta.partitioning import Partitioner
 
 BATCH_AXES = partitioning.BATCH_AXES
@@ -69,7 +75,10 @@ class Trainer:
   def __init__(self, model, partitioner: Partitioner,
                optimizer: optax.GradientTransformation,
                schedule: optax.Schedule | None = None, *,
-               num_microbatches: int = 1, seed: int = 0):
+               num_microbatches: int = 1, seed: int = 0,
+               trainable: Sequence[str] | None = None):
+    """trainable: regular expressions over parameter paths (None: all
+    train); see the module docstring."""
     if num_microbatches < 1:
       raise ValueError('num_microbatches must be >= 1')
     self.model = model
@@ -83,10 +92,24 @@ class Trainer:
     self.graphdef, abstract_params, self.rest = nnx.split(
         abstract, nnx.Param, ...)
     self._param_template = abstract_params
-    self.param_shardings = nnx.to_pure_dict(
+    full_shardings = nnx.to_pure_dict(
         partitioner.state_shardings(abstract_params))
-    abstract_pure = nnx.to_pure_dict(abstract_params)
+    full_abstract = nnx.to_pure_dict(abstract_params)
+    self.trainable_paths = (
+        None if trainable is None
+        else trainable_params.select(full_abstract, trainable))
+    self.param_shardings, self.frozen_shardings = self.split(full_shardings)
+    abstract_pure, abstract_frozen = self.split(full_abstract)
     self.abstract_params = abstract_pure
+    self.abstract_frozen = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        abstract_frozen, self.frozen_shardings)
+    self.abstract_full_params = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        full_abstract, full_shardings)
+    # The frozen parameters' values: set by init_state / state_from_network
+    # / set_frozen ({} when everything trains).
+    self.frozen: dict | None = None if self.trainable_paths else {}
     abstract_opt = jax.eval_shape(self.tx.init, abstract_pure)
     self.state_shardings = {
         'params': self.param_shardings,
@@ -100,6 +123,31 @@ class Trainer:
         self.state_shardings)
     self._train_step = None
     self._eval_step = None
+
+  def split(self, params) -> tuple[dict, dict]:
+    """(trained, frozen) parts of a full parameter tree."""
+    if self.trainable_paths is None:
+      return params, {}
+    return trainable_params.split(params, self.trainable_paths)
+
+  def set_frozen(self, params) -> None:
+    """Takes the frozen parameters from `params` (a full tree, or the
+    frozen part alone), placed with their shardings."""
+    _, frozen = self.split(params) if self.trainable_paths else ({}, {})
+    self.frozen = jax.device_put(frozen, self.frozen_shardings)
+
+  def full_params(self, params) -> dict:
+    """The state's trained parameters joined with the frozen ones."""
+    if not self.trainable_paths:
+      return params
+    return trainable_params.join(params, self._require_frozen())
+
+  def _require_frozen(self) -> dict:
+    if self.frozen is None:
+      raise ValueError('the trainer freezes parameters (trainable=...) but '
+                       'their values are not loaded: call set_frozen (the '
+                       'run loads them from train.init_from)')
+    return self.frozen
 
   @property
   def replicated(self) -> NamedSharding:
@@ -131,25 +179,37 @@ class Trainer:
     return jax.tree_util.tree_map_with_path(pick, abstract_opt)
 
   # --------------------------------------------------------------- state ---
-  def network(self, params) -> nnx.Module:
-    """The nnx network for a params pytree (traced or concrete)."""
+  def network(self, params, frozen=None) -> nnx.Module:
+    """The nnx network for a params pytree (traced or concrete), joined
+    with `frozen` (default: the trainer's frozen parameters)."""
+    if self.trainable_paths:
+      params = trainable_params.join(
+          params, self._require_frozen() if frozen is None else frozen)
     state = jax.tree.map(lambda v: v, self._param_template)
     nnx.replace_by_pure_dict(state, params)
     return nnx.merge(self.graphdef, state, self.rest)
 
   def init_state(self) -> dict[str, Any]:
-    """Fresh state, every array created directly with its sharding."""
+    """Fresh state, every array created directly with its sharding (and
+    fresh frozen parameters, for `train.init_from` to overwrite)."""
     def init():
       network = self.model.make_network(nnx.Rngs(params=self.seed))
-      params = nnx.to_pure_dict(nnx.state(network, nnx.Param))
-      return {'params': params, 'opt_state': self.tx.init(params),
-              'step': jnp.zeros((), jnp.int32)}
+      params, frozen = self.split(
+          nnx.to_pure_dict(nnx.state(network, nnx.Param)))
+      return ({'params': params, 'opt_state': self.tx.init(params),
+               'step': jnp.zeros((), jnp.int32)}, frozen)
     with self.partitioner.activate():
-      return jax.jit(init, out_shardings=self.state_shardings)()
+      state, frozen = jax.jit(
+          init, out_shardings=(self.state_shardings,
+                               self.frozen_shardings))()
+    self.frozen = frozen
+    return state
 
   def state_from_network(self, network: nnx.Module) -> dict[str, Any]:
     """State for imported weights (e.g. an HF checkpoint), optimizer fresh."""
-    params = nnx.to_pure_dict(nnx.state(network, nnx.Param))
+    params, frozen = self.split(
+        nnx.to_pure_dict(nnx.state(network, nnx.Param)))
+    self.frozen = jax.device_put(frozen, self.frozen_shardings)
     params = jax.device_put(params, self.param_shardings)
     with self.partitioner.activate():
       opt = jax.jit(self.tx.init,
@@ -159,30 +219,32 @@ class Trainer:
                                    self.replicated)}
 
   # --------------------------------------------------------------- steps ---
-  def _loss(self, params, batch, rng, normalizer):
-    return self.model.loss_fn(self.network(params), batch, rng, normalizer)
+  def _loss(self, params, frozen, batch, rng, normalizer):
+    return self.model.loss_fn(self.network(params, frozen), batch, rng,
+                              normalizer)
 
-  def _grads(self, params, batch, rng):
+  def _grads(self, params, frozen, batch, rng):
     grad_fn = jax.value_and_grad(self._loss, has_aux=True)
     weights = self.model.loss_weights(batch)
     normalizer = jnp.maximum(weights.sum(), 1.0)
     m = self.num_microbatches
     if m == 1:
-      (_, metrics), grads = grad_fn(params, batch, rng, normalizer)
+      (_, metrics), grads = grad_fn(params, frozen, batch, rng, normalizer)
       return grads, metrics
     micro = split_microbatches(batch, m)
     if hasattr(self.model, 'accumulated_grads'):
       # Losses that couple the rows of a batch (in-batch negatives) cannot
       # be summed over microbatches; the model accumulates its own way.
       return self.model.accumulated_grads(
-          self.network, params, micro, rng, normalizer, self._constrain_rows)
+          lambda p: self.network(p, frozen), params, micro, rng, normalizer,
+          self._constrain_rows)
 
     def body(carry, xs):
       grads_acc, metrics_acc = carry
       i, mb = xs
       mb = self._constrain_rows(mb)
-      (_, metrics), grads = grad_fn(params, mb, jax.random.fold_in(rng, i),
-                                    normalizer)
+      (_, metrics), grads = grad_fn(params, frozen, mb,
+                                    jax.random.fold_in(rng, i), normalizer)
       return (jax.tree.map(jnp.add, grads_acc, grads),
               jax.tree.map(jnp.add, metrics_acc, metrics)), None
 
@@ -199,10 +261,10 @@ class Trainer:
         lambda x: jax.lax.with_sharding_constraint(
             x, self.partitioner.sharding(BATCH_AXES[:x.ndim])), tree)
 
-  def _train_step_impl(self, state, batch):
+  def _train_step_impl(self, state, frozen, batch):
     step = state['step']
     rng = jax.random.fold_in(jax.random.key(self.seed + 1), step)
-    grads, metrics = self._grads(state['params'], batch, rng)
+    grads, metrics = self._grads(state['params'], frozen, batch, rng)
     updates, opt_state = self.tx.update(grads, state['opt_state'],
                                         state['params'])
     params = optax.apply_updates(state['params'], updates)
@@ -228,14 +290,16 @@ class Trainer:
     if self._train_step is None:
       self._train_step = jax.jit(
           self._train_step_impl,
-          in_shardings=(self.state_shardings, self.batch_shardings(batch)),
+          in_shardings=(self.state_shardings, self.frozen_shardings,
+                        self.batch_shardings(batch)),
           out_shardings=(self.state_shardings, self.replicated),
           donate_argnums=(0,))
     with self.partitioner.activate():
-      return self._train_step(state, batch)
+      return self._train_step(state, self._require_frozen(), batch)
 
-  def _eval_step_impl(self, params, batch):
-    _, metrics = self.model.loss_fn(self.network(params), batch, None, None)
+  def _eval_step_impl(self, params, frozen, batch):
+    _, metrics = self.model.loss_fn(self.network(params, frozen), batch,
+                                    None, None)
     return metrics
 
   def eval_step(self, state, batch):
@@ -243,10 +307,11 @@ class Trainer:
     if self._eval_step is None:
       self._eval_step = jax.jit(
           self._eval_step_impl,
-          in_shardings=(self.param_shardings, self.batch_shardings(batch)),
+          in_shardings=(self.param_shardings, self.frozen_shardings,
+                        self.batch_shardings(batch)),
           out_shardings=self.replicated)
     with self.partitioner.activate():
-      return self._eval_step(state['params'], batch)
+      return self._eval_step(state['params'], self._require_frozen(), batch)
 
   def lower_train_step(self, batch_shapes):
     """AOT-lowers the train step for abstract batch shapes (no data needed):
@@ -255,12 +320,12 @@ class Trainer:
     batch = {k: jax.ShapeDtypeStruct(s, jnp.int32) for k, s in
              batch_shapes.items()}
     fn = jax.jit(self._train_step_impl,
-                 in_shardings=(self.state_shardings,
+                 in_shardings=(self.state_shardings, self.frozen_shardings,
                                self.batch_shardings(batch)),
                  out_shardings=(self.state_shardings, self.replicated),
                  donate_argnums=(0,))
     with self.partitioner.activate():
-      return fn.lower(self.abstract_state, batch)
+      return fn.lower(self.abstract_state, self.abstract_frozen, batch)
 
 
 @dataclasses.dataclass

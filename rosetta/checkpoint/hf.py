@@ -279,8 +279,15 @@ def import_hf_checkpoint(directory: str, partitioner: Partitioner | None = None,
   shardings = (None if partitioner is None
                else dict(nnx.to_flat_state(
                    partitioner.state_shardings(abstract_state))))
+  fresh = None
+  if any(path not in flat for path, _ in nnx.to_flat_state(abstract_state)):
+    # LoRA / adapter parameters (`rosetta.model.peft`) are not in an HF
+    # checkpoint: they keep their fresh values (the identity update).
+    fresh = dict(nnx.to_flat_state(nnx.state(
+        EncoderDecoder(cfg, rngs=nnx.Rngs(params=0)), nnx.Param)))
+
   def place(path, variable):
-    value = flat[path]
+    value = flat[path] if path in flat else fresh[path].get_value()
     if shardings is not None:
       value = jax.device_put(value, shardings[path])
     else:

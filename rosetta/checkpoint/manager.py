@@ -292,6 +292,19 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._mgr.latest_step()
 
+  def saved_arrays(self, step: int) -> dict[str, tuple[tuple, str]]:
+    """{'/'-joined path: (shape, dtype)} of the state saved at `step`,
+    from orbax's metadata (no array is read)."""
+    item = epath.Path(self._directory) / str(int(step)) / _STATE_ITEM
+    with ocp.PyTreeCheckpointer() as reader:
+      tree = reader.metadata(item).item_metadata.tree
+    out = {}
+    for path, meta in jax.tree_util.tree_flatten_with_path(tree)[0]:
+      name = '/'.join(str(getattr(k, 'key', getattr(k, 'idx', k)))
+                      for k in path)
+      out[name] = (tuple(meta.shape), str(meta.dtype))
+    return out
+
   def should_save(self, step: int) -> bool:
     """Whether `save(step, ...)` without `force` would write."""
     return self._mgr.should_save(int(step))

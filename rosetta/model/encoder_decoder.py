@@ -34,6 +34,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rosetta.model import layers
+from rosetta.model import peft
 from rosetta.partitioning import constrain
 
 LOGITS_AXES = ('activation_batch', 'activation_length', 'activation_vocab')
@@ -65,9 +66,20 @@ class T5Config:
   # never remats): 'none', 'full' (keep only each layer's input) or
   # 'dots_saveable' (keep matmul outputs, recompute the rest).
   remat: str = 'none'
+  # Parameter-efficient fine-tuning (`rosetta.model.peft`; all off by
+  # default, and when on, the fresh network computes what its base does).
+  lora_rank: int = 0                 # 0: no LoRA
+  lora_alpha: float = 8.0            # the update is scaled by alpha / rank
+  lora_targets: Sequence[str] = ('query', 'value')  # + 'key', 'out', 'mlp'
+  adapters: Sequence[str] = ()       # bottleneck adapters per layer, stacked
+  adapter_dim: int = 64              # in order, e.g. ('language', 'task')
 
   def __post_init__(self):
     object.__setattr__(self, 'mlp_activations', tuple(self.mlp_activations))
+    object.__setattr__(self, 'lora_targets', tuple(self.lora_targets))
+    object.__setattr__(self, 'adapters', tuple(self.adapters))
+    peft.check_config(self.lora_rank, self.lora_alpha, self.lora_targets,
+                      self.adapters, self.adapter_dim)
     if self.remat not in layers.REMAT_POLICIES:
       raise ValueError(f'T5Config.remat must be one of '
                        f'{sorted(layers.REMAT_POLICIES)}, got {self.remat!r}')
@@ -100,6 +112,21 @@ class T5Config:
   def replace(self, **kw) -> 'T5Config':
     return dataclasses.replace(self, **kw)
 
+  def lora(self, rngs: nnx.Rngs):
+    """The layers' LoRA factory (None without LoRA)."""
+    return peft.lora_factory(self.lora_rank, self.lora_alpha,
+                             self.lora_targets, self.jnp_dtype,
+                             self.jnp_param_dtype, rngs=rngs)
+
+  @property
+  def lora_scale(self) -> float:
+    return self.lora_alpha / self.lora_rank if self.lora_rank else 0.0
+
+  def adapter_modules(self, rngs: nnx.Rngs) -> nnx.Dict:
+    return peft.make_adapters(self.adapters, self.emb_dim, self.adapter_dim,
+                              self.layer_norm_epsilon, self.jnp_dtype,
+                              self.jnp_param_dtype, rngs=rngs)
+
 
 def _index_positions(length, start=0):
   """(1, length) int32 positions start, start + 1, ...: one row that the
@@ -121,21 +148,25 @@ class EncoderLayer(nnx.Module):
     dt, pdt = cfg.jnp_dtype, cfg.jnp_param_dtype
     self.pre_attention_norm = layers.RMSNorm(cfg.emb_dim,
                                              cfg.layer_norm_epsilon, dt, pdt)
+    lora = cfg.lora(rngs)
     self.attention = layers.MultiHeadAttention(
         cfg.emb_dim, cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dt, pdt,
-        rngs=rngs)
+        rngs=rngs, lora=lora)
     self.pre_mlp_norm = layers.RMSNorm(cfg.emb_dim, cfg.layer_norm_epsilon,
                                        dt, pdt)
     self.mlp = layers.MlpBlock(cfg.emb_dim, cfg.mlp_dim, cfg.mlp_activations,
-                               cfg.dropout_rate, dt, pdt, rngs=rngs)
+                               cfg.dropout_rate, dt, pdt, rngs=rngs, lora=lora)
     self.dropout = nnx.Dropout(cfg.dropout_rate)
+    self.adapter_names = cfg.adapters
+    self.adapters = cfg.adapter_modules(rngs)
 
   def __call__(self, x, bias, mask, deterministic, rngs):
     h = self.attention(self.pre_attention_norm(x), bias=bias, mask=mask,
                        deterministic=deterministic, rngs=rngs)
     x = x + self.dropout(h, deterministic=deterministic, rngs=rngs)
     h = self.mlp(self.pre_mlp_norm(x), deterministic=deterministic, rngs=rngs)
-    return x + self.dropout(h, deterministic=deterministic, rngs=rngs)
+    x = x + self.dropout(h, deterministic=deterministic, rngs=rngs)
+    return peft.apply_adapters(self.adapters, self.adapter_names, x)
 
 
 class Encoder(nnx.Module):
@@ -171,18 +202,21 @@ class DecoderLayer(nnx.Module):
   def __init__(self, cfg: T5Config, *, rngs: nnx.Rngs):
     dt, pdt = cfg.jnp_dtype, cfg.jnp_param_dtype
     eps = cfg.layer_norm_epsilon
+    lora = cfg.lora(rngs)
     self.pre_self_attention_norm = layers.RMSNorm(cfg.emb_dim, eps, dt, pdt)
     self.self_attention = layers.MultiHeadAttention(
         cfg.emb_dim, cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dt, pdt,
-        rngs=rngs)
+        rngs=rngs, lora=lora)
     self.pre_cross_attention_norm = layers.RMSNorm(cfg.emb_dim, eps, dt, pdt)
     self.cross_attention = layers.MultiHeadAttention(
         cfg.emb_dim, cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dt, pdt,
-        rngs=rngs)
+        rngs=rngs, lora=lora)
     self.pre_mlp_norm = layers.RMSNorm(cfg.emb_dim, eps, dt, pdt)
     self.mlp = layers.MlpBlock(cfg.emb_dim, cfg.mlp_dim, cfg.mlp_activations,
-                               cfg.dropout_rate, dt, pdt, rngs=rngs)
+                               cfg.dropout_rate, dt, pdt, rngs=rngs, lora=lora)
     self.dropout = nnx.Dropout(cfg.dropout_rate)
+    self.adapter_names = cfg.adapters
+    self.adapters = cfg.adapter_modules(rngs)
 
   def __call__(self, x, encoded, self_bias, self_mask, cross_mask,
                cache_index, deterministic, rngs, beam_ancestry=None):
@@ -200,7 +234,8 @@ class DecoderLayer(nnx.Module):
         beam_groups=None if beam_ancestry is None else beam_ancestry.shape[1])
     x = x + drop(h)
     h = self.mlp(self.pre_mlp_norm(x), deterministic=deterministic, rngs=rngs)
-    return x + drop(h), probs
+    x = peft.apply_adapters(self.adapters, self.adapter_names, x + drop(h))
+    return x, probs
 
 
 def _with_rngs(call, rngs, layer, *args):

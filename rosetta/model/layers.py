@@ -217,7 +217,11 @@ class MultiHeadAttention(nnx.Module):
   relative position bias, boolean masks. Optional KV cache for decoding."""
 
   def __init__(self, emb_dim: int, num_heads: int, head_dim: int,
-               dropout_rate: float, dtype, param_dtype, *, rngs: nnx.Rngs):
+               dropout_rate: float, dtype, param_dtype, *, rngs: nnx.Rngs,
+               lora=None):
+    """lora: None, or `(kernel name, in_shape, in_axes, out_shape,
+    out_axes) -> module with .delta(x) | None` (`peft.lora_factory`): a
+    low-rank update added to each kernel it returns a module for."""
     e, h, d = emb_dim, num_heads, head_dim
     def param(shape, std, axes):
       return nnx.Param(normal_init(rngs.params(), shape, std, param_dtype),
@@ -229,24 +233,33 @@ class MultiHeadAttention(nnx.Module):
     self.dropout = nnx.Dropout(dropout_rate)
     self.dtype = dtype
     self.num_heads, self.head_dim = h, d
+    self.lora = _kernel_updates(lora, {
+        'query': ((e,), ('embed',), (h, d), ('heads', 'kv')),
+        'key': ((e,), ('embed',), (h, d), ('heads', 'kv')),
+        'value': ((e,), ('embed',), (h, d), ('heads', 'kv')),
+        'out': ((h, d), ('heads', 'kv'), (e,), ('embed',)),
+    })
     # Filled by `init_cache` / `set_static_kv`; None outside decoding.
     self.cached_key: nnx.Cache | None = nnx.data(None)
     self.cached_value: nnx.Cache | None = nnx.data(None)
 
-  def _project(self, x, kernel):
-    """(b, l, e) @ (e, h, d) -> (b, l, h, d)."""
+  def _project(self, x, name):
+    """(b, l, e) @ (e, h, d) -> (b, l, h, d) for the kernel `name`."""
+    kernel = getattr(self, name)
     e, h, d = kernel.shape
-    y = dense(x, kernel[...].reshape(e, h * d), self.dtype).astype(self.dtype)
-    return y.reshape(x.shape[0], x.shape[1], h, d)
+    y = dense(x, kernel[...].reshape(e, h * d), self.dtype)
+    if name in self.lora:
+      y = y + self.lora[name].delta(x)
+    return y.astype(self.dtype).reshape(x.shape[0], x.shape[1], h, d)
 
-  def _project_kv(self, x, kernel):
-    y = jnp.transpose(self._project(x, kernel), (0, 2, 1, 3))
+  def _project_kv(self, x, name):
+    y = jnp.transpose(self._project(x, name), (0, 2, 1, 3))
     return constrain(y, BATCH_HEADS_LENGTH_KV)
 
   def project_kv(self, inputs_kv):
     """(b, k, e) -> keys and values, each (b, h, k, d)."""
-    return (self._project_kv(inputs_kv, self.key),
-            self._project_kv(inputs_kv, self.value))
+    return (self._project_kv(inputs_kv, 'key'),
+            self._project_kv(inputs_kv, 'value'))
 
   def init_cache(self, batch: int, max_length: int):
     """Empty self-attention cache of `max_length` positions."""
@@ -294,7 +307,7 @@ class MultiHeadAttention(nnx.Module):
       one row per example while the queries hold `beam_groups` consecutive
       rows (beams) per example: the K/V are never tiled per beam.
     """
-    q = constrain(self._project(inputs_q, self.query), BATCH_LENGTH_HEADS_KV)
+    q = constrain(self._project(inputs_q, 'query'), BATCH_LENGTH_HEADS_KV)
     if use_static_kv:
       k, v = self.cached_key[...], self.cached_value[...]
     else:
@@ -334,8 +347,10 @@ class MultiHeadAttention(nnx.Module):
   def _output(self, ctx):
     ctx = constrain(ctx, BATCH_LENGTH_HEADS_KV)
     b, q_len, h, d = ctx.shape
-    out = dense(ctx.reshape(b, q_len, h * d),
-                self.out[...].reshape(h * d, -1), self.dtype)
+    flat = ctx.reshape(b, q_len, h * d)
+    out = dense(flat, self.out[...].reshape(h * d, -1), self.dtype)
+    if 'out' in self.lora:
+      out = out + self.lora['out'].delta(flat)
     return constrain(out.astype(self.dtype), BATCH_LENGTH_EMBED)
 
   def _grouped_attention(self, q, k, v, mask, groups: int):
@@ -436,7 +451,9 @@ class MlpBlock(nnx.Module):
   (wi_0, wi_1, wo); ('relu',) is the original T5 (wi, wo)."""
 
   def __init__(self, emb_dim: int, mlp_dim: int, activations: Sequence[str],
-               dropout_rate: float, dtype, param_dtype, *, rngs: nnx.Rngs):
+               dropout_rate: float, dtype, param_dtype, *, rngs: nnx.Rngs,
+               lora=None):
+    """lora: as `MultiHeadAttention`'s, for wi / wi_0 / wi_1 / wo."""
     if len(activations) not in (1, 2):
       raise ValueError(f'mlp_activations must have 1 or 2 entries, got '
                        f'{tuple(activations)}')
@@ -453,16 +470,35 @@ class MlpBlock(nnx.Module):
     self.wo = param((mlp_dim, emb_dim), mlp_dim ** -0.5, ('mlp', 'embed'))
     self.dropout = nnx.Dropout(dropout_rate)
     self.dtype = dtype
+    inner = ((emb_dim,), ('embed',), (mlp_dim,), ('mlp',))
+    self.lora = _kernel_updates(lora, {
+        **{name: inner for name in ('wi', 'wi_0', 'wi_1')
+           if hasattr(self, name)},
+        'wo': ((mlp_dim,), ('mlp',), (emb_dim,), ('embed',)),
+    })
+
+  def _dense(self, x, name):
+    y = dense(x, getattr(self, name)[...], self.dtype)
+    if name in self.lora:
+      y = y + self.lora[name].delta(x)
+    return y.astype(self.dtype)
 
   def __call__(self, x, *, deterministic=True, rngs=None):
-    def up(kernel):
-      y = dense(x, kernel[...], self.dtype).astype(self.dtype)
-      return constrain(y, ('activation_batch', 'activation_length',
-                           'activation_mlp'))
+    def up(name):
+      return constrain(self._dense(x, name),
+                       ('activation_batch', 'activation_length',
+                        'activation_mlp'))
     if len(self.fns) == 1:
-      h = self.fns[0](up(self.wi))
+      h = self.fns[0](up('wi'))
     else:
-      h = self.fns[0](up(self.wi_0)) * self.fns[1](up(self.wi_1))
+      h = self.fns[0](up('wi_0')) * self.fns[1](up('wi_1'))
     h = self.dropout(h, deterministic=deterministic, rngs=rngs)
-    out = dense(h, self.wo[...], self.dtype).astype(self.dtype)
-    return constrain(out, BATCH_LENGTH_EMBED)
+    return constrain(self._dense(h, 'wo'), BATCH_LENGTH_EMBED)
+
+
+def _kernel_updates(factory, kernels) -> nnx.Dict:
+  """{kernel name: update module} from a LoRA factory (empty without)."""
+  if factory is None:
+    return nnx.Dict({})
+  made = {name: factory(name, *spec) for name, spec in kernels.items()}
+  return nnx.Dict({k: v for k, v in made.items() if v is not None})

@@ -35,9 +35,11 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from rosetta import gin_utils, optimizers, partitioning
+from rosetta import trainable_params
 from rosetta import trainer as trainer_lib
 from rosetta.checkpoint import manager as checkpoints
 from rosetta.run import files
+from rosetta.run import param_sources
 
 logger = logging.getLogger('rosetta.run.run_dir')
 
@@ -248,35 +250,65 @@ class RunDir:
     """The run's `Checkpointer` (kwargs as `Checkpointer`'s)."""
     return checkpoints.Checkpointer(self.checkpoints_path, **kwargs)
 
-  def restore_for_inference(self, model, mesh=None, step: int | None = None):
+  def restore_for_inference(self, model, mesh=None, step: int | None = None,
+                            overlays: Sequence[str] = ()):
     """(trainer, state with params only, step) of a checkpoint (default: the
     newest good one) for `model` on `mesh` (default: all devices on the
     data axis). The optimizer state is not read: inference does not care
-    which optimizer trained the parameters."""
+    which optimizer trained the parameters.
+
+    A run that froze parameters (`param_sources.json`) gets them from its
+    source runs; the state holds the whole network's parameters either way.
+    overlays: run folders whose own checkpoints replace the parameters they
+    hold, e.g. another language's adapter (MAD-X zero-shot transfer).
+    """
     mesh = mesh if mesh is not None else partitioning.make_mesh()
     part = partitioning.Partitioner(mesh)
     tr = trainer_lib.Trainer(model, part,
                              optimizers.make_optimizer('sgd', 1.0))
+    record = param_sources.read(self.path)
+    trainable = None if record is None else record.get('trainable')
+    wanted = trainable_params.flatten(tr.abstract_state['params'])
+    own = (set(wanted) if not trainable else
+           trainable_params.select(tr.abstract_params, trainable,
+                                   f'{self.file(param_sources.SOURCES_FILE)}'
+                                   ' trainable'))
+    target = trainable_params.unflatten({p: wanted[p] for p in own})
     ckpt = self.checkpointer(save_interval_steps=1, read_only=True)
     try:
-      restored = ckpt.restore({'params': tr.abstract_state['params']},
-                              step=step, partial=True)
+      restored = ckpt.restore({'params': target}, step=step, partial=True)
     finally:
       ckpt.close()
     if restored is None:
       raise FileNotFoundError(f'{self.checkpoints_path}: no checkpoint to '
                               'restore')
     step, state, _ = restored
-    return tr, state, step
+    params = trainable_params.flatten(state['params'])
+    if trainable:
+      frozen = {p: w for p, w in wanted.items() if p not in own}
+      found = param_sources.load(record.get('sources', []), frozen)
+      param_sources.missing(frozen, found, self.file(
+          param_sources.SOURCES_FILE))
+      params.update(found)
+    for run in overlays:
+      replaced = param_sources.own_params(
+          run, param_sources.newest_step(run, 'overlay'), wanted)
+      if not replaced:
+        raise ValueError(f'overlay {run}: its checkpoint holds none of '
+                         f"this network's parameters")
+      params.update(replaced)
+    return tr, {'params': trainable_params.unflatten(params)}, step
 
   def load(self, step: int | None = None, mesh=None,
-           register_fns: Sequence = ()) -> LoadedRun:
+           register_fns: Sequence = (),
+           overlays: Sequence[str] = ()) -> LoadedRun:
     """The run back in memory: its config.gin parsed (tasks registered, gin
     imports done), the configured `train.model` built, the checkpoint's
     parameters loaded. Leaves gin configured with the run's config."""
     path = self.parse_config(register_fns)
     model = configured('train.model', path)
-    tr, state, step = self.restore_for_inference(model, mesh, step)
+    tr, state, step = self.restore_for_inference(model, mesh, step,
+                                                 overlays)
     task = _query_or_none('train.task')
     vocabulary = None
     if task is not None:
@@ -289,9 +321,10 @@ class RunDir:
 
 
 def load_run(model_dir: str, step: int | None = None, mesh=None,
-             register_fns: Sequence = ()) -> LoadedRun:
+             register_fns: Sequence = (),
+             overlays: Sequence[str] = ()) -> LoadedRun:
   """`RunDir(model_dir).load(...)`."""
-  return RunDir(model_dir).load(step, mesh, register_fns)
+  return RunDir(model_dir).load(step, mesh, register_fns, overlays)
 
 
 def configured(name: str, path: str):

@@ -31,9 +31,11 @@ from rosetta.data import pipeline  # noqa: E402
 from rosetta import allocator  # noqa: E402
 from rosetta.run import device_peak  # noqa: E402
 from rosetta.run import files as run_files  # noqa: E402
+from rosetta.run import param_sources  # noqa: E402
 from rosetta.run import run_dir as run_dir_lib  # noqa: E402
 from rosetta.run.run_dir import RunDir, task_setup  # noqa: E402
 from rosetta.run import progress as run_logging  # noqa: E402
+from rosetta import trainable_params  # noqa: E402
 from rosetta import trainer as trainer_lib  # noqa: E402
 
 
@@ -168,7 +170,9 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
           eval_num_examples: int | None = None,
           eval_loss_batches: int = 2, eval_fns: list | None = None,
           peak_flops: float | str | None = 'auto',
-          init_from_hf: str | None = None, stop_after_steps: int | None = None,
+          init_from_hf: str | None = None, init_from: list | None = None,
+          trainable: list | None = None,
+          stop_after_steps: int | None = None,
           allow_config_change: bool = False,
           time_budget_s: float | None = None,
           cpu_budget_s: float | None = None,
@@ -206,6 +210,11 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
   step=) -> {name: {metric: value}}` on every process; each name goes to
   TensorBoard as `eval/<name>` and into that step's `train_metrics.jsonl`
   row as `eval/<name>/<metric>` keys (`_run_eval_fns`).
+  `init_from`: run folders whose parameters a fresh run starts from (every
+  path they hold; later runs win; `rosetta.run.param_sources`).
+  `trainable`: regular expressions over parameter paths, e.g.
+  `[r'(^|/)lora/']`; the rest is frozen, comes from `init_from` and is not
+  saved in this run's checkpoints (`rosetta.trainable_params`).
   """
   task_setup()
   _check_registered([task, *(eval_tasks or [])])  # before the run folder
@@ -222,7 +231,8 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
   part = partitioning.Partitioner(mesh)
   converter_cls = _feature_converter_cls(model)
   tr = trainer_lib.Trainer(model, part, optimizer, schedule,
-                           num_microbatches=num_microbatches, seed=seed)
+                           num_microbatches=num_microbatches, seed=seed,
+                           trainable=trainable)
   ckpt = run.checkpointer(
       save_interval_steps=checkpoint_period, keep_last=keep_last,
       keep_every=keep_every, async_save=async_checkpoint)
@@ -231,8 +241,17 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
     start_step, state, data_state = restored
     iterator_state = ckpt.iterator_checkpoint(start_step)
     _log(f'resumed from step {start_step} in {model_dir}')
+    if tr.trainable_paths:
+      record = param_sources.read(run.path)
+      _load_frozen(tr, [] if record is None else record['sources'],
+                   run.file(param_sources.SOURCES_FILE))
   else:
     data_state = iterator_state = None
+    if init_from_hf and trainable:
+      raise ValueError(
+          'train.trainable with train.init_from_hf: the frozen parameters '
+          'must come from a run; make one with `rosetta import` and name it '
+          'in train.init_from')
     if init_from_hf:
       from rosetta.checkpoint import hf as checkpoint_import
       # A wrapper whose network is not an EncoderDecoder (a dual encoder)
@@ -243,6 +262,10 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
     else:
       state = tr.init_state()
     start_step = 0
+    if init_from or trainable:
+      sources = param_sources.resolve(init_from or [])
+      state = _start_from_sources(tr, state, sources)
+      param_sources.write(run.path, trainable, sources)
   train_input = pipeline.InputPipeline(
       task, split=split, task_feature_lengths=task_feature_lengths,
       global_batch_size=batch_size, partitioner=part, seed=seed,
@@ -274,7 +297,12 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
       feature_converter=_eval_converter(model),
       async_compute_metrics=False) for name in eval_names]
   eval_bs = eval_batch_size or batch_size
-  flops = trainer_lib.FlopsCounter.for_params(state['params'])
+  flops = trainer_lib.FlopsCounter.for_params(tr.full_params(state['params']))
+  if tr.trainable_paths:
+    trained = sum(x.size for x in jax.tree.leaves(state['params']))
+    _log(f'training {trained / 1e6:.3f}M of {flops.num_params / 1e6:.2f}M '
+         f'parameters ({100 * trained / flops.num_params:.2f}%); the rest '
+         f'is frozen')
   logger = run_logging.RunLogger(
       run.tensorboard_path, total_steps, start_step,
       peak_flops=_peak_flops(peak_flops, model),
@@ -385,6 +413,34 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
   _log(f'done: step {step} (training loop: {loop_cpu:.1f} CPU s, '
        f'{loop_wall:.1f} s wall)')
   return state
+
+
+def _start_from_sources(tr, state, sources):
+  """The fresh state with every parameter the source runs hold."""
+  wanted = trainable_params.flatten(tr.abstract_full_params)
+  found = param_sources.load(sources, wanted)
+  if sources and not found:
+    raise ValueError(f'train.init_from: {[s["run"] for s in sources]} hold '
+                     'none of this network\'s parameters')
+  if tr.trainable_paths:
+    frozen = {p: w for p, w in wanted.items()
+              if p not in tr.trainable_paths}
+    param_sources.missing(frozen, found, 'train.trainable')
+  full = trainable_params.flatten(tr.full_params(state['params']))
+  full.update(found)
+  params, frozen_params = tr.split(trainable_params.unflatten(full))
+  _log(f'initialised {len(found)} of {len(wanted)} parameter arrays from '
+       f'{", ".join(s["run"] + "@" + str(s["step"]) for s in sources)}'
+       if sources else 'no train.init_from: frozen parameters are fresh')
+  tr.set_frozen(frozen_params)
+  return {**state, 'params': jax.device_put(params, tr.param_shardings)}
+
+
+def _load_frozen(tr, sources, where: str) -> None:
+  wanted = trainable_params.flatten(tr.abstract_frozen)
+  found = param_sources.load(sources, wanted)
+  param_sources.missing(wanted, found, where)
+  tr.set_frozen(trainable_params.unflatten(found))
 
 
 def _task_names(name: str) -> list[str]:
