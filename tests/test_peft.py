@@ -278,3 +278,42 @@ def test_language_and_task_adapters_compose_across_runs(base_run, tmp_path):
       np.testing.assert_array_equal(value, stacked[name], err_msg=name)
   assert any(not np.array_equal(a[n], b[n]) for n in a
              if '/adapters/language/up' in n)
+
+
+# ------------------------------------------------ every family ---
+
+
+@pytest.mark.parametrize('microbatches', [1, 2])
+def test_lora_fine_tunes_a_dual_encoder_with_the_base_frozen(
+    mesh_data4_model2, microbatches):
+  """The same LoRA path on a dual encoder's towers: the optimizer holds
+  only LoRA parameters, the step changes only them (GradCache
+  microbatches included), and the loss moves."""
+  from rosetta import optimizers, trainer
+  from retrieval.dense import dual_encoder_model as dem
+  from tests.test_dual_encoder import cfg, model_batch
+  config = cfg()
+  config = config.replace(encoder=config.encoder.replace(
+      lora_rank=4, lora_targets=('query', 'value', 'mlp')))
+  model = dem.DualEncoderModel(config)
+  tr = trainer.Trainer(model, partitioning.Partitioner(mesh_data4_model2),
+                       optimizers.make_optimizer('adamw', 1e-2),
+                       num_microbatches=microbatches,
+                       trainable=peft.PEFT_TRAINABLE['lora'])
+  state = tr.state_from_network(model.make_network(nnx.Rngs(0)))
+  names = {trainable_params.path_name(p)
+           for p in trainable_params.flatten(state['params'])}
+  assert names and all('/lora/' in n for n in names)
+  opt_leaves = jax.tree.leaves(state['opt_state'])
+  assert sum(x.size for x in opt_leaves) <= 3 * sum(
+      x.size for x in jax.tree.leaves(state['params']))
+  frozen_before = jax.tree.map(np.asarray, tr.frozen)
+  batch = model_batch(b=16, k=1)
+  batch = jax.device_put(batch, tr.batch_shardings(batch))
+  losses = []
+  for _ in range(3):
+    state, metrics = tr.train_step(state, batch)
+    losses.append(float(metrics['loss']))
+  assert losses[-1] < losses[0]
+  for a, b in zip(jax.tree.leaves(frozen_before), jax.tree.leaves(tr.frozen)):
+    np.testing.assert_array_equal(a, np.asarray(b))
