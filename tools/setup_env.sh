@@ -18,5 +18,5 @@ fi
 [[ -x .venv/bin/python ]] || "$PY" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade 'pip==26.3' >/dev/null
 echo "Installing Rosetta and its pinned dependencies into .venv (a few minutes)..." >&2
-.venv/bin/python -m pip install --quiet -c constraints.txt -e '.[test,peers,beam]'
+.venv/bin/python -m pip install --quiet -c constraints.txt -e '.[test,peers,beam,teacher]'
 echo "$WANT" > "$STAMP"

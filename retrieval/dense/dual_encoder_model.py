@@ -18,10 +18,18 @@ task_feature_lengths={'queries': 6, 'positives': 5, 'negatives': 5} and
 
 Rows with fewer hard negatives are padded with all-zero rows (masked out).
 
+With teacher distillation (`DualEncoderModel(distillation=...)`,
+`retrieval.dense.distillation`) the converter also passes the pair tasks'
+teacher features through: `teacher_query_embeddings` and
+`teacher_positive_embeddings` (float32 [dim], 'embedding') or
+`teacher_scores` (float32 [1 + num_negatives]: the teacher's score of the
+positive, then of each kept hard negative, padded with 0; 'margin_mse').
+
 The trainer's metrics are per token for NMT; here they are per QUERY:
-`num_tokens` counts queries, `loss` is the mean contrastive loss and
-`accuracy` the in-batch top-1 retrieval accuracy (own positive above every
-non-relevant candidate of the global batch).
+`num_tokens` counts queries, `loss` is the mean loss (contrastive, plus the
+weighted distillation term when there is one) and `accuracy` the in-batch
+top-1 retrieval accuracy (own positive above every non-relevant candidate
+of the global batch).
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ from rosetta import trainer as trainer_lib
 from rosetta.partitioning import Partitioner
 from rosetta.run import files
 from retrieval.dense import contrastive
+from retrieval.dense import distillation as distillation_lib
 from retrieval.dense.dual_encoder import (DualEncoder, DualEncoderConfig,
                                     import_hf_encoder)
 
@@ -82,6 +91,12 @@ class DualEncoderFeatureConverter(seqio.FeatureConverter):
   `num_negatives` > 0, 'negatives' (int32 [None, None], ragged: a row per
   hard negative). Packing is not supported: a row is one query with its
   documents.
+
+  teacher: a distillation mode (`retrieval.dense.distillation.MODES`) whose
+  teacher features the examples must carry (the pair tasks add them with
+  `pair_tasks.setup.teacher_embeddings`); they are not task features, so
+  the task feature lengths do not name them. teacher_dim: the length of
+  the teacher embeddings ('embedding'): the student's embedding dim.
   """
 
   TASK_FEATURES = {'queries': _Spec(tf.int32), 'positives': _Spec(tf.int32)}
@@ -91,7 +106,9 @@ class DualEncoderFeatureConverter(seqio.FeatureConverter):
       'positive_ids': _Spec(tf.int32, rank=0)}
   PACKING_FEATURE_DTYPES = {}
 
-  def __init__(self, pack: bool = False, num_negatives: int = 0, **kwargs):
+  def __init__(self, pack: bool = False, num_negatives: int = 0,
+               teacher: str = 'none', teacher_dim: int | None = None,
+               **kwargs):
     if pack:
       raise ValueError(
           'DualEncoderFeatureConverter: packing is not supported (a row is '
@@ -107,10 +124,39 @@ class DualEncoderFeatureConverter(seqio.FeatureConverter):
           self.MODEL_FEATURES,
           negative_tokens=_Spec(tf.int32, rank=2, sequence_dim=1),
           negative_ids=_Spec(tf.int32, rank=1))
+    distillation_lib.check_mode(teacher, 'DualEncoderFeatureConverter.teacher')
+    if teacher == 'embedding' and not (teacher_dim or 0) > 0:
+      raise ValueError("DualEncoderFeatureConverter(teacher='embedding') "
+                       f'needs teacher_dim (the embedding dim), got '
+                       f'{teacher_dim!r}')
+    self.teacher, self.teacher_dim = teacher, teacher_dim
+    self.teacher_features = distillation_lib.TEACHER_FEATURES[teacher]
+    if self.teacher_features:
+      self.MODEL_FEATURES = dict(
+          self.MODEL_FEATURES,
+          **{f: _Spec(tf.float32, rank=1) for f in self.teacher_features})
     super().__init__(pack=False, **kwargs)
+
+  def _check_teacher_features(self, element_spec) -> None:
+    missing = [f for f in self.teacher_features if f not in element_spec]
+    if missing:
+      raise ValueError(
+          f'DualEncoderModel.distillation={self.teacher!r} needs the teacher '
+          f'features {missing} in every example; the dataset has '
+          f'{sorted(element_spec)}. Set pair_tasks.setup.teacher_embeddings '
+          '(retrieval.teacher: `rosetta teacher embeddings`)')
+    for f in self.teacher_features:
+      spec = element_spec[f]
+      if spec.dtype != tf.float32 or spec.shape.rank != 1:
+        raise ValueError(f'teacher feature {f!r} must be float32 [n], got '
+                         f'{spec.dtype.name} {spec.shape}')
+      if self.teacher == 'embedding':
+        distillation_lib.check_dims(self.teacher_dim, spec.shape[0],
+                                    f"the pair tasks' {f}")
 
   def _convert_features(self, ds, task_feature_lengths):
     k = self.num_negatives
+    self._check_teacher_features(ds.element_spec)
 
     def convert(ex):
       q = _pad_1d(ex['queries'], task_feature_lengths['queries'])
@@ -125,6 +171,10 @@ class DualEncoderFeatureConverter(seqio.FeatureConverter):
                         shape=[k, task_feature_lengths['negatives']])
         out['negative_tokens'] = n
         out['negative_ids'] = fingerprint(n)
+      for f in self.teacher_features:
+        # teacher_scores: the positive's, then the first k negatives' (the
+        # ones kept above), padded with 0 (masked as padding negatives).
+        out[f] = _pad_1d(ex[f], self._teacher_length(f))
       return out
     return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
 
@@ -135,7 +185,13 @@ class DualEncoderFeatureConverter(seqio.FeatureConverter):
     if self.num_negatives:
       out['negative_tokens'] = task_feature_lengths['negatives']
       out['negative_ids'] = self.num_negatives
+    for f in self.teacher_features:
+      out[f] = self._teacher_length(f)
     return out
+
+  def _teacher_length(self, feature: str) -> int:
+    return (1 + self.num_negatives if feature == 'teacher_scores'
+            else self.teacher_dim)
 
 
 @gin.configurable
@@ -150,13 +206,22 @@ class DualEncoderModel:
   negatives per query in each batch (the task must provide 'negatives').
   infer_tower: what `rosetta infer` embeds ('query': a split's queries
   with the query tower, 'doc': its positives with the document tower).
+
+  distillation: 'none', 'embedding' or 'margin_mse' (see
+  `retrieval.dense.distillation`; margin_mse needs num_negatives >= 1). The
+  per-query loss is contrastive_weight * contrastive + distillation_weight
+  * distillation; contrastive_weight = 0 trains on the teacher alone (the
+  in-batch accuracy is still reported). The batch must then carry the
+  teacher features (the converter requires them from the pair tasks).
   """
 
   FEATURES = ('query_tokens', 'positive_tokens')
 
   def __init__(self, config: DualEncoderConfig | None = None, *,
                bidirectional: bool = True, mode: str = 'mask',
-               num_negatives: int = 0, infer_tower: str = 'query'):
+               num_negatives: int = 0, infer_tower: str = 'query',
+               distillation: str = 'none', distillation_weight: float = 1.0,
+               contrastive_weight: float = 1.0):
     self.config = config if config is not None else DualEncoderConfig()
     if mode not in contrastive.MODES:
       raise ValueError(f'DualEncoderModel.mode must be one of '
@@ -167,12 +232,34 @@ class DualEncoderModel:
     if infer_tower not in TOWER_FEATURES:
       raise ValueError(f'DualEncoderModel.infer_tower must be one of '
                        f'{tuple(TOWER_FEATURES)}, got {infer_tower!r}')
+    distillation_lib.check_mode(distillation, 'DualEncoderModel.distillation')
+    for name, value in (('distillation_weight', distillation_weight),
+                        ('contrastive_weight', contrastive_weight)):
+      if not (isinstance(value, (int, float)) and 0 <= value < float('inf')):
+        raise ValueError(f'DualEncoderModel.{name} must be a finite number '
+                         f'>= 0, got {value!r}')
+    if distillation == 'margin_mse' and not num_negatives:
+      raise ValueError("DualEncoderModel.distillation='margin_mse' compares "
+                       'margins over hard negatives: set num_negatives >= 1')
+    if not contrastive_weight and (distillation == 'none'
+                                   or not distillation_weight):
+      raise ValueError('DualEncoderModel: contrastive_weight and the '
+                       'distillation weight are both 0: nothing to learn')
     self.bidirectional, self.mode = bidirectional, mode
     self.infer_tower = infer_tower
     self.num_negatives = num_negatives
-    # The input pipeline builds this model's features with it (t5x's name).
+    self.distillation = distillation
+    self.distillation_weight = float(distillation_weight)
+    self.contrastive_weight = float(contrastive_weight)
+    self.teacher_features = distillation_lib.TEACHER_FEATURES[distillation]
+    # The input pipeline builds this model's features with it (t5x's name);
+    # the teacher arguments only when distilling, so a plain model's
+    # converter (and the pipeline state that names it) stays as it was.
+    teacher = ({} if distillation == 'none' else
+               {'teacher': distillation,
+                'teacher_dim': self.config.embedding_dim})
     self.FEATURE_CONVERTER_CLS = functools.partial(
-        DualEncoderFeatureConverter, num_negatives=num_negatives)
+        DualEncoderFeatureConverter, num_negatives=num_negatives, **teacher)
 
   # ------------------------------------------------------------- network ---
   def make_network(self, rngs: nnx.Rngs) -> DualEncoder:
@@ -215,6 +302,28 @@ class DualEncoderModel:
       if len(shape) != 3 or shape[1] != self.num_negatives:
         raise ValueError(f'negative_tokens has shape {shape}; expected '
                          f'(batch, num_negatives={self.num_negatives}, len)')
+    self.check_teacher_features(batch)
+
+  def check_teacher_features(self, batch):
+    """The teacher features `distillation` reads, with their shapes."""
+    missing = [f for f in self.teacher_features if f not in batch]
+    if missing:
+      raise KeyError(
+          f'DualEncoderModel.distillation={self.distillation!r}: the batch '
+          f'has no {missing} (got {sorted(batch)}); the pair tasks add them '
+          'with pair_tasks.setup.teacher_embeddings')
+    b = batch['query_tokens'].shape[0]
+    for f in self.teacher_features:
+      shape = tuple(batch[f].shape)
+      if f == 'teacher_scores':
+        if shape != (b, 1 + self.num_negatives):
+          raise ValueError(f'teacher_scores has shape {shape}; expected '
+                           f'(batch, 1 + num_negatives) = '
+                           f'({b}, {1 + self.num_negatives})')
+        continue
+      if len(shape) != 2 or shape[0] != b:
+        raise ValueError(f'{f} has shape {shape}; expected (batch={b}, dim)')
+      distillation_lib.check_dims(self.config.embedding_dim, shape[1], f)
 
   @staticmethod
   def loss_weights(batch):
@@ -260,20 +369,38 @@ class DualEncoderModel:
     The in-batch negatives are the whole global batch; with microbatches
     the trainer calls `accumulated_grads`, which keeps them so.
     """
+    embeddings = self.embed(network, batch, dropout_rng)
     return self._loss_and_metrics(
-        batch, self.contrastive_output(network, batch, dropout_rng),
-        normalizer)
+        batch, self.output_from_embeddings(network, batch, *embeddings),
+        normalizer, embeddings)
 
-  def _loss_and_metrics(self, batch, out, normalizer):
+  def distillation_output(self, batch, q, p, n):
+    """(B,) the distillation term of each query row (0 for padded rows
+    and rows without a teacher)."""
+    neg_valid = (jnp.any(batch['negative_tokens'] != 0, axis=-1)
+                 if self.num_negatives else None)
+    return distillation_lib.distillation_loss(
+        self.distillation, batch, q, p, n, self.loss_weights(batch) > 0,
+        neg_valid)
+
+  def _loss_and_metrics(self, batch, out, normalizer, embeddings):
     num_queries = self.loss_weights(batch).sum()
     normalizer = num_queries if normalizer is None else normalizer
-    loss_sum = out.loss.sum()
+    per_query = out.loss
+    distill = None
+    if self.distillation != 'none':
+      distill = self.distillation_output(batch, *embeddings)
+      per_query = (self.contrastive_weight * per_query
+                   + self.distillation_weight * distill)
+    loss_sum = per_query.sum()
     metrics = {
         'loss_sum': loss_sum,
         'z_loss_sum': jnp.zeros((), jnp.float32),
         'correct': out.correct.sum(),
         'num_tokens': num_queries,   # the trainer's name; here: queries
     }
+    if distill is not None:   # unweighted, for logs
+      metrics['distill_sum'] = distill.sum()
     return loss_sum / jnp.maximum(normalizer, 1.0), metrics
 
   def accumulated_grads(self, network_fn, params, micro, rng, normalizer,
@@ -304,7 +431,9 @@ class DualEncoderModel:
     def loss_of(p, embeddings):
       network = network_fn(p)
       out = self.output_from_embeddings(network, batch, *embeddings)
-      return self._loss_and_metrics(batch, out, normalizer)
+      # The distillation term depends on the embeddings only: its
+      # gradient reaches the towers through the same cotangents.
+      return self._loss_and_metrics(batch, out, normalizer, embeddings)
     (_, metrics), (grads, d_full) = jax.value_and_grad(
         loss_of, argnums=(0, 1), has_aux=True)(params, full)
     d_micro = trainer_lib.split_microbatches(d_full, m)

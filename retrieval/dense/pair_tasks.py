@@ -38,14 +38,35 @@ plus '*_pretokenized' strings of queries and positives.
 `retrieval.dense.dual_encoder_model.DualEncoderFeatureConverter` pads them into
 model features. `setup` (gin: `task_setup.register_fns =
 [@pair_tasks.setup]`) registers the tasks and their temperature mixture.
+
+Teacher features (`setup.teacher_embeddings`: distillation, see
+`retrieval.dense.distillation`): every task then also carries, from a
+teacher embeddings file keyed by text (`retrieval.teacher.teacher_files`,
+written by `rosetta teacher embeddings`)::
+
+    teacher_query_embeddings     float32 [dim]  the teacher's vector of
+    teacher_positive_embeddings  float32 [dim]  the query / positive text
+    teacher_scores               float32 [1 + n] the teacher's dot product
+                                 of the query with the positive, then with
+                                 each hard negative (only where the lengths
+                                 name 'negatives'; else [1])
+
+A text missing from the file is an error naming the task and the text
+(`teacher_missing='error'`), or (`'skip'`) NaN, which the distillation
+loss reads as "no teacher" for that text. TensorFlow has no SHA-1 op, so
+the lookup is one Python call per example (`tf.numpy_function`, before
+tokenization); the vectors stay in NumPy, not copied into the dataset
+graph (a table of a million 384-d vectors is 1.5 GB).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from typing import Callable, Sequence
 
 import gin
+import numpy as np
 import seqio
 import tensorflow as tf
 
@@ -56,6 +77,7 @@ from retrieval import collection_files
 from retrieval import datasets
 from retrieval.dense import ict
 from retrieval.search import passages
+from retrieval.teacher import teacher_files
 from rosetta.data import mixtures
 from rosetta.data import corpora as sources
 
@@ -103,6 +125,110 @@ class PairSource(text_pairs.TextPairSource):
     return ds
 
 
+# ---------------------------------------------------------- teacher ---
+
+TEACHER_FEATURES = ('teacher_query_embeddings', 'teacher_positive_embeddings',
+                    'teacher_scores')
+TEACHER_MISSING = ('error', 'skip')
+_TEXT_SHOWN = 120    # characters of a missing text in the error
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Teacher:
+  """A teacher's vectors of the query texts (`queries`) and of the
+  positive / hard negative texts (`passages`; the same file unless e5-style
+  query and passage prefixes call for two), and what a missing text does
+  (`TEACHER_MISSING`)."""
+  queries: teacher_files.TextEmbeddings
+  passages: teacher_files.TextEmbeddings
+  query_path: str
+  passage_path: str
+  missing: str = 'error'
+
+  @classmethod
+  def load(cls, query_prefix: str, passage_prefix: str | None = None,
+           missing: str = 'error') -> 'Teacher':
+    if missing not in TEACHER_MISSING:
+      raise ValueError(f'pair_tasks.setup.teacher_missing={missing!r}: '
+                       f'expected one of {TEACHER_MISSING}')
+    queries = teacher_files.TextEmbeddings.load(query_prefix)
+    passages = (queries if passage_prefix is None
+                else teacher_files.TextEmbeddings.load(passage_prefix))
+    paths = [teacher_files.embedding_paths(p)[1]
+             for p in (query_prefix, passage_prefix or query_prefix)]
+    if passages.dim != queries.dim:
+      raise ValueError(f'teacher embeddings disagree on the dim: {paths[0]} '
+                       f'has {queries.dim}, {paths[1]} {passages.dim}')
+    return cls(queries, passages, paths[0], paths[1], missing)
+
+  @property
+  def dim(self) -> int:
+    return self.queries.dim
+
+  def output_features(self) -> dict[str, seqio.Feature]:
+    # Output features, so that a mixture (which keeps only those) keeps them.
+    vector = lambda: seqio.Feature(seqio.PassThroughVocabulary(0),
+                                   add_eos=False, dtype=tf.float32, rank=1)
+    return {f: vector() for f in TEACHER_FEATURES}
+
+  def _vectors(self, task: str, what: str, texts: list[str]
+               ) -> tuple[np.ndarray, str]:
+    """(vectors with NaN rows for missing texts, error text or '')."""
+    table, path = ((self.queries, self.query_path) if what == 'query'
+                   else (self.passages, self.passage_path))
+    vectors, found = table.lookup(texts)
+    if found.all():
+      return vectors, ''
+    if self.missing == 'error':
+      text = texts[int(np.flatnonzero(~found)[0])]
+      shown = text if len(text) <= _TEXT_SHOWN else text[:_TEXT_SHOWN] + '...'
+      return vectors, (
+          f'pair task {task!r}: {path} has no teacher vector of the {what} '
+          f'{shown!r} (embed every text of the tasks with `rosetta teacher '
+          "embeddings`, or set pair_tasks.setup.teacher_missing = 'skip')")
+    vectors[~found] = np.nan
+    return vectors, ''
+
+  def preprocessor(self, task: str):
+    """A seqio preprocessor adding `TEACHER_FEATURES` to string examples
+    ('queries', 'positives', 'negatives'), before tokenization."""
+    def lookup(query, positive, negatives):
+      q, err_q = self._vectors(task, 'query', [query.decode('utf-8')])
+      p, err_p = self._vectors(task, 'positive', [positive.decode('utf-8')])
+      n, err_n = self._vectors(task, 'hard negative',
+                               [x.decode('utf-8') for x in negatives])
+      error = err_q or err_p or err_n
+      scores = np.concatenate([p, n]) @ q[0]       # NaN stays NaN
+      return (np.asarray(error.encode('utf-8'), object), q[0], p[0],
+              scores.astype(np.float32))
+
+    def add(dataset: tf.data.Dataset, sequence_length=None):
+      # As tokenize_examples: hard negatives only where the lengths name them
+      # (None: inspection, which needs no teacher scores of negatives).
+      with_negatives = (sequence_length is not None
+                        and 'negatives' in sequence_length)
+
+      def fn(ex):
+        negatives = ex['negatives']
+        if isinstance(negatives, tf.RaggedTensor):
+          negatives = negatives.to_tensor()
+        if not with_negatives:
+          negatives = negatives[:0]
+        error, q, p, scores = tf.numpy_function(
+            lookup, [ex['queries'], ex['positives'], negatives],
+            [tf.string, tf.float32, tf.float32, tf.float32], stateful=False)
+        with tf.control_dependencies([tf.debugging.Assert(
+            tf.equal(error, b''), [error], summarize=1)]):
+          q, p, scores = tf.identity(q), tf.identity(p), tf.identity(scores)
+        q.set_shape([self.dim])
+        p.set_shape([self.dim])
+        scores.set_shape([None])
+        return dict(ex, teacher_query_embeddings=q,
+                    teacher_positive_embeddings=p, teacher_scores=scores)
+      return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+    return add
+
+
 def tokenize_examples(dataset: tf.data.Dataset, output_features,
                       sequence_length=None) -> tf.data.Dataset:
   """Strings -> token ids with each feature's vocabulary (no EOS yet);
@@ -120,7 +246,7 @@ def tokenize_examples(dataset: tf.data.Dataset, output_features,
                     and 'negatives' not in sequence_length)
 
   def fn(ex):
-    out = {}
+    out = {k: v for k, v in ex.items() if k in TEACHER_FEATURES}
     for key in ('queries', 'positives'):
       out[f'{key}_pretokenized'] = ex[key]
       out[key] = output_features[key].vocabulary.encode_tf(ex[key])
@@ -139,23 +265,34 @@ def tokenize_examples(dataset: tf.data.Dataset, output_features,
   return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
-  return {'queries': seqio.Feature(vocabulary, add_eos=True),
-          'positives': seqio.Feature(vocabulary, add_eos=True),
-          'negatives': seqio.Feature(vocabulary, add_eos=True, rank=2)}
+def output_features(vocabulary: seqio.Vocabulary,
+                    teacher: Teacher | None = None
+                    ) -> dict[str, seqio.Feature]:
+  out = {'queries': seqio.Feature(vocabulary, add_eos=True),
+         'positives': seqio.Feature(vocabulary, add_eos=True),
+         'negatives': seqio.Feature(vocabulary, add_eos=True, rank=2)}
+  if teacher is not None:
+    out.update(teacher.output_features())
+  return out
 
 
 def register_pair_task(name: str, source: PairSource,
                        vocabulary: seqio.Vocabulary, *,
-                       replace: bool = True) -> seqio.Task:
-  """A Task over a PairSource: tokenize, then EOS after trimming (a
-  truncated text still ends in EOS, as `make_encode_fn` builds them)."""
+                       replace: bool = True,
+                       teacher: Teacher | None = None) -> seqio.Task:
+  """A Task over a PairSource: [teacher lookups,] tokenize, then EOS
+  after trimming (a truncated text still ends in EOS, as `make_encode_fn`
+  builds them)."""
   if replace:
     seqio.TaskRegistry.remove(name)
+  preprocessors = [tokenize_examples,
+                   seqio.preprocessors.append_eos_after_trim]
+  if teacher is not None:
+    preprocessors.insert(0, teacher.preprocessor(name))
   return seqio.TaskRegistry.add(
-      name, source=source, output_features=output_features(vocabulary),
-      preprocessors=[tokenize_examples,
-                     seqio.preprocessors.append_eos_after_trim],
+      name, source=source,
+      output_features=output_features(vocabulary, teacher),
+      preprocessors=preprocessors,
       shuffle_buffer_size=None)   # PairSource shuffles the whole split
 
 
@@ -167,7 +304,8 @@ def tatoeba_task_name(lang: str) -> str:
 
 
 def register_tatoeba_pair_task(vocabulary: seqio.Vocabulary, lang: str, *,
-                               root: str | None = None) -> str:
+                               root: str | None = None,
+                               teacher: Teacher | None = None) -> str:
   """English -> `lang` translation pairs, split as for NMT."""
   lang = sources.language(lang).code
   load = sources.direction_splits('tatoeba', 'en', lang, root=root)
@@ -177,7 +315,7 @@ def register_tatoeba_pair_task(vocabulary: seqio.Vocabulary, lang: str, *,
   name = tatoeba_task_name(lang)
   register_pair_task(name, PairSource(
       {s: loader(s) for s in ('train', 'validation', 'test')},
-      description=f'tatoeba en->{lang} pairs'), vocabulary)
+      description=f'tatoeba en->{lang} pairs'), vocabulary, teacher=teacher)
   return name
 
 
@@ -238,7 +376,8 @@ def xquad_examples(query_lang: str, doc_lang: str, split: str,
 
 def register_xquad_pair_task(vocabulary: seqio.Vocabulary, query_lang: str,
                              doc_lang: str,
-                             passage_tokens: int | None = None) -> str:
+                             passage_tokens: int | None = None, *,
+                             teacher: Teacher | None = None) -> str:
   for lang in (query_lang, doc_lang):
     if lang not in datasets.XQUAD_LANGUAGES:
       raise ValueError(f'XQuAD has no language {lang!r}; known: '
@@ -256,7 +395,7 @@ def register_xquad_pair_task(vocabulary: seqio.Vocabulary, query_lang: str,
       description=f'xquad {query_lang} questions -> {doc_lang} ' + (
           'paragraphs' if passage is None else
           f'answer windows of {passage_tokens} tokens')),
-      vocabulary)
+      vocabulary, teacher=teacher)
   return name
 
 
@@ -288,7 +427,8 @@ def corpus_documents(corpus: str) -> list[str]:
 
 
 def register_ict_task(vocabulary: seqio.Vocabulary, corpus: str,
-                      passage_tokens: int, keep_rate: float = 0.1) -> str:
+                      passage_tokens: int, keep_rate: float = 0.1, *,
+                      teacher: Teacher | None = None) -> str:
   if not isinstance(vocabulary, seqio.SentencePieceVocabulary):
     raise ValueError('pair_tasks.setup.ict_corpora needs a SentencePiece '
                      'vocabulary (windows are cut on its pieces), got '
@@ -303,7 +443,7 @@ def register_ict_task(vocabulary: seqio.Vocabulary, corpus: str,
   name = ict_task_name(corpus)
   register_pair_task(name, PairSource(
       {'train': load}, description=f'ICT on {corpus}: sentence -> its '
-      f'window of {passage_tokens} tokens'), vocabulary)
+      f'window of {passage_tokens} tokens'), vocabulary, teacher=teacher)
   return name
 
 
@@ -344,7 +484,8 @@ def collection_examples(rs: datasets.RetrievalSet,
 def register_collection_pair_task(vocabulary: seqio.Vocabulary, spec: str, *,
                                   min_grade: int = 1,
                                   on_bad_line: str = 'error',
-                                  max_triples: int | None = None) -> str:
+                                  max_triples: int | None = None,
+                                  teacher: Teacher | None = None) -> str:
   """A pair task from a collection or triples spec (module docstring).
   Files are listed now (a missing one fails the setup) and read on first
   use of a split."""
@@ -359,7 +500,8 @@ def register_collection_pair_task(vocabulary: seqio.Vocabulary, spec: str, *,
     if s.kind == 'triples':  # texts: streamed, however large the file
       register_streamed_triples_task(name, path, vocabulary,
                                      on_bad_line=on_bad_line,
-                                     max_triples=max_triples)
+                                     max_triples=max_triples,
+                                     teacher=teacher)
       return name
     loaders = {'train': lambda: [(q, p, (n,)) for q, p, n in
                                  collection_files.read_spec_triples(
@@ -373,7 +515,7 @@ def register_collection_pair_task(vocabulary: seqio.Vocabulary, spec: str, *,
                for split in collection_files.splits(s)}
     what = f'queries -> documents of grade >= {min_grade}'
   register_pair_task(name, PairSource(loaders, description=f'{spec}: {what}'),
-                     vocabulary)
+                     vocabulary, teacher=teacher)
   return name
 
 
@@ -388,7 +530,8 @@ def triples_to_pairs(dataset: tf.data.Dataset) -> tf.data.Dataset:
 def register_streamed_triples_task(name: str, path: str,
                                    vocabulary: seqio.Vocabulary, *,
                                    on_bad_line: str = 'error',
-                                   max_triples: int | None = None) -> None:
+                                   max_triples: int | None = None,
+                                   teacher: Teacher | None = None) -> None:
   """MS MARCO-style text triples (query TAB positive TAB negative) read
   line by line (`rosetta.data.record_files`): memory stays flat for the
   27 GB `triples.train.small.tsv`. Bad lines name file and line (or are
@@ -401,11 +544,13 @@ def register_streamed_triples_task(name: str, path: str,
       on_bad_line=on_bad_line, description=f'training triples {path}')
   preprocessors = [triples_to_pairs, tokenize_examples,
                    seqio.preprocessors.append_eos_after_trim]
+  if teacher is not None:
+    preprocessors.insert(1, teacher.preprocessor(name))
   if max_triples is not None:
     preprocessors.insert(0, lambda ds: ds.take(max_triples))
   seqio.TaskRegistry.remove(name)
   seqio.TaskRegistry.add(name, source=source,
-                         output_features=output_features(vocabulary),
+                         output_features=output_features(vocabulary, teacher),
                          preprocessors=preprocessors)
 
 
@@ -450,7 +595,10 @@ def setup(vocabulary: str | seqio.Vocabulary = 'bytes',
           collections: Sequence[str] = (),
           collection_min_grade: int = 1,
           on_bad_line: str = 'error',
-          max_triples: int | None = None) -> list[str]:
+          max_triples: int | None = None,
+          teacher_embeddings: str | None = None,
+          teacher_passage_embeddings: str | None = None,
+          teacher_missing: str = 'error') -> list[str]:
   """Registers Tatoeba and XQuAD pair tasks and the temperature mixture
   `mixture` over them (rate n^(1/T), each task shuffled with its own seed).
   Returns the task names. Tatoeba languages missing from the data
@@ -464,14 +612,33 @@ def setup(vocabulary: str | seqio.Vocabulary = 'bytes',
   'beir:<folder>', 'msmarco:<folder>' (query -> each document of qrels
   grade >= collection_min_grade), 'triples:<file>', 'idtriples:<file>'
   (the first max_triples triples, all if None); on_bad_line: 'error' or
-  'skip' (`rosetta.data.bad_input`)."""
+  'skip' (`rosetta.data.bad_input`).
+  teacher_embeddings: prefix of a teacher embeddings file
+  (`retrieval.teacher.teacher_files`) holding every query text, and the
+  positives' and hard negatives' unless teacher_passage_embeddings names
+  another (e5 embeds queries and passages with different prefixes): every
+  task then carries the teacher features (module docstring) for
+  `DualEncoderModel.distillation`. teacher_missing: 'error' (a text
+  missing from the files stops the input, naming task and text) or 'skip'
+  (NaN: that text gets no distillation term)."""
   bad_input.check_policy(on_bad_line, 'pair_tasks.setup.on_bad_line')
   vocab = vocabulary_from(vocabulary)
-  names = [register_tatoeba_pair_task(vocab, l, root=root)
+  if teacher_missing not in TEACHER_MISSING:
+    raise ValueError(f'pair_tasks.setup.teacher_missing={teacher_missing!r}:'
+                     f' expected one of {TEACHER_MISSING}')
+  teacher = None
+  if teacher_embeddings is not None:
+    teacher = Teacher.load(teacher_embeddings, teacher_passage_embeddings,
+                           teacher_missing)
+  elif teacher_passage_embeddings is not None:
+    raise ValueError('pair_tasks.setup.teacher_passage_embeddings needs '
+                     "teacher_embeddings (the queries' vectors) too")
+  names = [register_tatoeba_pair_task(vocab, l, root=root, teacher=teacher)
            for l in tatoeba_languages]
   if xquad_passage_tokens is not None:
     passages.check_window(xquad_passage_tokens, None)
-  names += [register_xquad_pair_task(vocab, q, d, xquad_passage_tokens)
+  names += [register_xquad_pair_task(vocab, q, d, xquad_passage_tokens,
+                                     teacher=teacher)
             for q, d in parse_pairs(xquad_pairs)]
   if ict_corpora:
     length = (xquad_passage_tokens if ict_passage_tokens is None
@@ -480,7 +647,8 @@ def setup(vocabulary: str | seqio.Vocabulary = 'bytes',
       raise ValueError('pair_tasks.setup.ict_corpora needs '
                        'ict_passage_tokens (or xquad_passage_tokens)')
     passages.check_window(length, None)
-    names += [register_ict_task(vocab, c, length, ict_keep_rate)
+    names += [register_ict_task(vocab, c, length, ict_keep_rate,
+                                teacher=teacher)
               for c in ict_corpora]
   own = [collection_task_name(c) for c in collections]
   twice = sorted({n for n in own if own.count(n) > 1})
@@ -489,7 +657,7 @@ def setup(vocabulary: str | seqio.Vocabulary = 'bytes',
                      f'task {twice[0]!r} (same kind and file or folder name)')
   names += [register_collection_pair_task(
       vocab, c, min_grade=collection_min_grade, on_bad_line=on_bad_line,
-      max_triples=max_triples) for c in collections]
+      max_triples=max_triples, teacher=teacher) for c in collections]
   if not names:
     raise ValueError('pair_tasks.setup: no tatoeba_languages, xquad_pairs, '
                      'ict_corpora or collections: nothing to train on')
