@@ -108,6 +108,7 @@ setup(
             'dsi-retrieve = retrieval.dsi.retrieve:main',
             'generate-queries = retrieval.dsi.generate_queries:main',
             'teacher = retrieval.teacher.command:main',
+            'rerank = retrieval.rerank.command:main',
         ],
         # Applications' endpoints of `rosetta serve` (rosetta/serving/).
         'rosetta.endpoints': [

@@ -26,7 +26,7 @@ import contextlib
 import contextvars
 import dataclasses
 import math
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import gin
 import jax
@@ -313,6 +313,27 @@ class Partitioner:
 
   def activate(self):
     return activate(self.mesh, self.rules)
+
+
+def placed_network(model, network_or_params, partitioner: Partitioner):
+  """`model`'s network (a wrapper with `make_network`) with its parameters
+  on `partitioner`'s mesh, from a network, a train state {'params': ...}
+  (with or without 'step' / 'opt_state': a parameters-only restore such
+  as `RunDir.restore_for_inference` gives just {'params': ...}) or a pure
+  params dict."""
+  if isinstance(network_or_params, nnx.Module):
+    graphdef, state = nnx.split(network_or_params)
+  else:
+    params = network_or_params
+    if isinstance(params, Mapping) and 'params' in params and (
+        set(params) <= {'params', 'step', 'opt_state'}):
+      params = params['params']
+    with partitioner.activate():
+      abstract = nnx.eval_shape(lambda: model.make_network(nnx.Rngs(0)))
+    graphdef, state = nnx.split(abstract)
+    nnx.replace_by_pure_dict(state, params)
+  state = jax.device_put(state, partitioner.state_shardings(state))
+  return nnx.merge(graphdef, state)
 
 
 def as_partitioner(p: Partitioner | Mesh) -> Partitioner:

@@ -533,25 +533,6 @@ def tokenize(texts: Sequence[str], vocabulary: seqio.Vocabulary,
   return out
 
 
-def network_from(model: DualEncoderModel, network_or_state,
-                 partitioner: Partitioner) -> DualEncoder:
-  """A DualEncoder with its params on `partitioner`'s mesh, from a network,
-  a train state {'params': ...} (with or without 'step' / 'opt_state': a
-  parameters-only restore, e.g. `RunDir.restore_for_inference`, gives just
-  {'params': ...}) or a pure params dict."""
-  if isinstance(network_or_state, nnx.Module):
-    graphdef, state = nnx.split(network_or_state)
-  else:
-    params = network_or_state
-    if isinstance(params, Mapping) and 'params' in params and (
-        set(params) <= {'params', 'step', 'opt_state'}):
-      params = params['params']
-    with partitioner.activate():
-      abstract = nnx.eval_shape(lambda: model.make_network(nnx.Rngs(0)))
-    graphdef, state = nnx.split(abstract)
-    nnx.replace_by_pure_dict(state, params)
-  state = jax.device_put(state, partitioner.state_shardings(state))
-  return nnx.merge(graphdef, state)
 
 
 @functools.lru_cache(maxsize=8)
@@ -559,7 +540,7 @@ def _embed_fn(graphdef, tower: str, replicated: NamedSharding):
   """The jitted tower of a network structure, one per (structure, tower):
   a new `make_encode_fn` on new parameters of the same network (the
   trainer's evaluation, every eval point) reuses its executables. The
-  parameters and the tokens come already placed (`network_from`, `rows`)."""
+  parameters and the tokens come already placed (`partitioning.placed_network`, `rows`)."""
   @functools.partial(jax.jit, out_shardings=replicated)
   def embed(state, tokens):
     return nnx.merge(graphdef, state).encode(tokens, tower)
@@ -591,7 +572,7 @@ def make_encode_fn(model: DualEncoderModel, network_or_state,
   if batch_size <= 0 or batch_size % dp:
     raise ValueError(f'batch_size={batch_size} must be a positive multiple '
                      f'of the data-parallel size {dp} (mesh {sizes})')
-  network = network_from(model, network_or_state, part)
+  network = partitioning.placed_network(model, network_or_state, part)
   graphdef, state = nnx.split(network)
   dim = network.cfg.embedding_dim
   rows = part.sharding(partitioning.BATCH_AXES, (batch_size, max_length))

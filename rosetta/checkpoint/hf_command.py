@@ -286,9 +286,14 @@ def import_run(hf_dir: str, output: str, gin_files, gin_bindings=()) -> dict:
   tr = trainer_lib.Trainer(
       model, part, run_dir_lib.configured('train.optimizer', 'the gin files'),
       schedule)
-  network = hf.import_hf_checkpoint(
-      hf_dir, partitioner=part, dropout_rate=run_cfg.dropout_rate,
-      dtype=run_cfg.dtype, param_dtype=run_cfg.param_dtype)
+  if hasattr(model, 'import_hf_checkpoint'):
+    # A wrapper with parameters beyond the T5 (a reranker's score head)
+    # imports its own way, as `train.init_from_hf` does.
+    network = model.import_hf_checkpoint(hf_dir, partitioner=part)
+  else:
+    network = hf.import_hf_checkpoint(
+        hf_dir, partitioner=part, dropout_rate=run_cfg.dropout_rate,
+        dtype=run_cfg.dtype, param_dtype=run_cfg.param_dtype)
   state = tr.state_from_network(network)
 
   parent = os.path.dirname(os.path.abspath(output))
