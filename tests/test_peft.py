@@ -241,6 +241,7 @@ def test_frozen_parameters_without_a_source_are_refused(tmp_path):
            "train.trainable = ['(^|/)lora/']")
 
 
+@pytest.mark.slow   # five short runs: ~2 minutes on 2 cores
 def test_language_and_task_adapters_compose_across_runs(base_run, tmp_path):
   """Two French language adapters (span corruption on French text, two
   seeds), a task adapter trained above the first, then loaded with the

@@ -62,6 +62,10 @@ def parser() -> argparse.ArgumentParser:
                  'devices; default 64)')
   p.add_argument('--step', type=int, default=None,
                  help='checkpoint step (default: the newest good one)')
+  p.add_argument('--overlay', action='append', default=[], metavar='RUN',
+                 help='a run whose own parameters replace the model\'s, '
+                 'e.g. the target language\'s adapter under a task adapter '
+                 '(repeatable)')
   p.add_argument('--length', type=int, default=None,
                  help="tokens per pair (default: the run's pairs length)")
   p.add_argument('--interpolate', type=float, default=None, metavar='W',
@@ -158,7 +162,7 @@ def main(argv) -> int:
 
   scorer = scoring.RerankScorer.from_run(
       args.model_dir, step=args.step, batch_size=args.batch_size,
-      length=args.length, progress=True)
+      length=args.length, progress=True, overlays=args.overlay)
   reranked = scorer.rerank(first, queries, corpus, args.depth)
   weight = args.interpolate
   if args.tune_interpolation:

@@ -97,14 +97,17 @@ class RerankScorer:
   @classmethod
   def from_run(cls, model_dir: str, *, step: int | None = None, mesh=None,
                batch_size: int = 64, length: int | None = None,
-               progress: bool = False) -> 'RerankScorer':
+               progress: bool = False,
+               overlays: Sequence[str] = ()) -> 'RerankScorer':
     """The reranker of a run directory (its config, vocabulary, pair format
     and pair length: `train.task_feature_lengths['pairs']`, unless
-    `length`), at `step` (default: the newest good checkpoint). Leaves gin
+    `length`), at `step` (default: the newest good checkpoint). `overlays`:
+    runs whose own parameters replace the run's, e.g. another language's
+    adapter under a task adapter (MAD-X zero-shot transfer). Leaves gin
     configured with the run's config."""
     import gin  # pylint: disable=import-outside-toplevel
     from rosetta.run import run_dir  # pylint: disable=import-outside-toplevel
-    loaded = run_dir.load_run(model_dir, step, mesh)
+    loaded = run_dir.load_run(model_dir, step, mesh, overlays=overlays)
     if not isinstance(loaded.model, RerankerModel):
       raise ValueError(
           f'{run_dir.RunDir(model_dir).config_path}: train.model is a '
