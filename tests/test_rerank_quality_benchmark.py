@@ -48,6 +48,17 @@ def test_quick_defaults_and_bad_options():
       rq.parse_args(bad)
 
 
+def test_children_see_one_cpu_device_with_one_thread(monkeypatch):
+  monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=8 '
+                     '--xla_dump_to=/tmp/x')
+  env = rq.child_env()
+  assert 'device_count' not in env['XLA_FLAGS']
+  assert '--xla_dump_to=/tmp/x' in env['XLA_FLAGS']
+  assert 'intra_op_parallelism_threads=1' in env['XLA_FLAGS']
+  assert env['OMP_NUM_THREADS'] == '1'
+  assert rq.REPO in env['PYTHONPATH'].split(os.pathsep)
+
+
 def test_sets_families_and_languages():
   specs = rq.eval_specs(['en', 'ar', 'de'], ['xquad', 'cranfield'])
   assert specs == ['xquad:en-en', 'xquad:ar-ar', 'xquad:de-de',
@@ -331,6 +342,13 @@ def test_targets_and_tables():
   assert len(table) == 2 + 1 + 2 * 2
   assert rq.family_table(metrics, 'cranfield', ['bm25'], ['full'],
                          ['en']) == ''
+  summary = rq.summary_table(metrics, 'same', ['bm25'],
+                             ['full', 'peer']).split('\n')
+  assert summary[0] == '| reranker | BM25 reranked | BM25 interpolated |'
+  full_mean = np.mean([metrics[s]['bm25']['full']['MRR@10']
+                       for s in ('xquad:de-de', 'xquad:en-en')])
+  assert summary[3].startswith(f'| Rosetta full | {full_mean:.3f} |')
+  assert rq.summary_table(metrics, 'same', ['bm25'], ['full'], ['hi']) == ''
   peer_lines = rq.peer_table(t, ['bm25']).split('\n')
   assert peer_lines[2].startswith(f'| xquad:de-de | MRR@10 | {r:.3f} / '
                                   f'{pe:.3f}')
@@ -366,27 +384,37 @@ def test_training_stats_from_a_run(tmp_path):
 @pytest.mark.peers
 @pytest.mark.skipif(not datasets.available('xquad'), reason='needs XQuAD')
 def test_tiny_benchmark_end_to_end(tmp_path):
-  """Every kind of job on a tiny budget (~4 min on 2 cores): base, export,
-  language adapter, full / LoRA / adapters training, the peer, scoring,
-  the report."""
+  """Every kind of job on a tiny budget (~5 min on 2 cores): base, export,
+  language adapters (German's swapped in for German questions), full /
+  LoRA / adapters training, the peer, scoring, the report."""
   out = tmp_path / 'out'
-  assert rq.main(['--languages', 'en', '--sets', 'xquad', '--first_stages',
-                  'bm25', '--systems', 'full,lora,adapters,peer',
-                  '--budget_s', '10', '--base_budget_s', '10',
-                  '--adapter_budget_s', '5', '--depth', '5',
-                  '--max_queries', '8', '--dim', '32', '--length', '96',
-                  '--vocab_size', '3000', '--output_dir', str(out)]) == 0
+  assert rq.main(['--languages', 'en,de', '--sets', 'xquad',
+                  '--first_stages', 'bm25', '--systems',
+                  'full,lora,adapters,peer', '--budget_s', '10',
+                  '--base_budget_s', '10', '--adapter_budget_s', '5',
+                  '--depth', '5', '--max_queries', '8', '--dim', '32',
+                  '--length', '96', '--vocab_size', '3000',
+                  '--output_dir', str(out)]) == 0
   with open(out / 'results.json') as f:
     results = json.load(f)
-  rows = results['metrics']['xquad:en-en']['bm25']
-  assert set(rows) == {'first_stage', 'full', 'full|interpolated', 'lora',
-                       'lora|interpolated', 'adapters',
-                       'adapters|interpolated', 'peer', 'peer|interpolated'}
-  for row in rows.values():
-    assert 0.0 <= row['MRR@10'] <= 1.0
+  assert set(results['metrics']) == {'xquad:en-en', 'xquad:de-de',
+                                     'xquad:de-en'}
+  for by_stage in results['metrics'].values():
+    rows = by_stage['bm25']
+    assert set(rows) == {'first_stage', 'full', 'full|interpolated', 'lora',
+                         'lora|interpolated', 'adapters',
+                         'adapters|interpolated', 'peer',
+                         'peer|interpolated'}
+    for row in rows.values():
+      assert 0.0 <= row['MRR@10'] <= 1.0
+  with open(out / 'configs' / 'score_adapters.json') as f:
+    assert json.load(f)['overlays'] == {'de': str(out / 'train' / 'lang_de')}
   for system in ('full', 'lora', 'adapters', 'peer'):
     assert results['training'][system]['steps'] > 0
   lora = results['training']['lora']
   assert lora['trained_parameters'] < 0.1 * lora['parameters']
   assert results['meta']['tokenizer_parity']['different'] == 0
-  assert (out / 'tables.md').read_text().count('| BM25 |') == 9
+  tables = (out / 'tables.md').read_text()
+  assert tables.count('| BM25 |') == 2 * 9      # same language, x->en
+  assert '### Summary: XQuAD same language, MRR@10, mean over the zero-shot' \
+      in tables
