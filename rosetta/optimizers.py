@@ -7,6 +7,11 @@ with a constant warmup:
     lr(step) = base / sqrt(max(step, warmup_steps))          ('rsqrt')
 
 `make_optimizer` chains optional global-norm gradient clipping in front.
+Adafactor keeps statistics per tensor (factored moments, update clipping
+by the update's RMS, the parameter's RMS as scale); for scanned layers
+(`rosetta.model.layer_stack`) `per_layer` gives each layer of a stacked
+tensor its own, as the unrolled layers have (t5x treats the scan axis the
+same way).
 """
 
 from __future__ import annotations
@@ -14,8 +19,11 @@ from __future__ import annotations
 import math
 
 import gin
+import jax
 import jax.numpy as jnp
 import optax
+
+from rosetta.model import layer_stack
 
 SCHEDULES = ('constant', 'rsqrt', 'linear', 'cosine')
 
@@ -61,6 +69,35 @@ def learning_rate_schedule(kind: str = 'rsqrt', base: float = 1.0,
   return optax.join_schedules([warm, decay], [warmup_steps])
 
 
+def per_layer(tx: optax.GradientTransformation
+              ) -> optax.GradientTransformation:
+  """`tx` with every stacked-layer leaf (`layer_stack.stack_prefix`)
+  updated layer by layer (`jax.vmap` over its leading axis), so per-tensor
+  statistics stay per layer. Trees without stacked leaves get `tx` itself,
+  state included."""
+  vmapped = optax.GradientTransformation(jax.vmap(tx.init),
+                                         jax.vmap(tx.update))
+
+  def labels(tree):
+    # One group per stack ('encoder/layers', ...): its leaves share L.
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: layer_stack.stack_prefix(path) or '', tree)
+
+  def split(tree):
+    groups = set(jax.tree.leaves(labels(tree)))
+    if groups == {''}:
+      return tx
+    return optax.multi_transform(
+        {g: vmapped if g else tx for g in groups}, labels)
+
+  def init(params):
+    return split(params).init(params)
+
+  def update(updates, state, params=None):
+    return split(updates).update(updates, state, params)
+  return optax.GradientTransformation(init, update)
+
+
 @gin.configurable
 def make_optimizer(name: str = 'adafactor',
                    schedule: optax.Schedule | None = None,
@@ -74,11 +111,11 @@ def make_optimizer(name: str = 'adafactor',
   """An optax optimizer by name: 'adafactor' (T5's default), 'adamw', 'sgd'."""
   lr = schedule if schedule is not None else learning_rate_schedule()
   if name == 'adafactor':
-    tx = optax.adafactor(
+    tx = per_layer(optax.adafactor(
         learning_rate=lr, decay_rate=adafactor_decay_rate,
         clipping_threshold=adafactor_clipping_threshold,
         momentum=adafactor_momentum, multiply_by_parameter_scale=True,
-        weight_decay_rate=weight_decay or None)
+        weight_decay_rate=weight_decay or None))
   elif name == 'adamw':
     tx = optax.adamw(lr, b1=b1, b2=b2, weight_decay=weight_decay)
   elif name == 'sgd':

@@ -52,6 +52,7 @@ DEFAULT_RULES: Rules = (
     ('relpos_buckets', None),
     ('lora_rank', None),       # rosetta.model.peft: LoRA's low rank
     ('adapter', None),         # and a bottleneck adapter's width
+    ('layers', None),          # scanned layers' stacked axis (layer_stack)
     # --- activations ---
     ('activation_batch', ('data', 'fsdp')),
     ('activation_length', None),

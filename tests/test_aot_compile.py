@@ -125,6 +125,27 @@ def test_tiny_train_step_memory_on_v5e_matches_golden():
   assert train.optimal_seconds > 0 and 0 < train.mfu_bound < 1
 
 
+def test_scanned_layers_compile_with_the_unrolled_cost():
+  """Scanned layers: XLA counts the loop body once, so `rosetta compile`
+  measures one layer from a two-layers-per-iteration program and scales it
+  by the depth; the FLOPs then agree with the unrolled program's."""
+  depth = ['encoder_decoder.T5Config.num_encoder_layers = 3',
+           'encoder_decoder.T5Config.num_decoder_layers = 3',
+           'encoder_decoder.T5Config.dropout_rate = 0.0']
+  target = topologies.parse_target('v5e-4')
+  reports = {}
+  for scan in (False, True):
+    spec = _tiny_spec(*depth, f'encoder_decoder.T5Config.scan_layers = {scan}')
+    (reports[scan], _), = command.compile_target(spec, target,
+                                                 log=lambda m: None)
+  unrolled, scanned = reports[False], reports[True]
+  assert scanned.cost_extrapolated and not unrolled.cost_extrapolated
+  assert scanned.params_bytes == unrolled.params_bytes
+  assert scanned.flops == pytest.approx(unrolled.flops, rel=0.05)
+  assert scanned.code_bytes < unrolled.code_bytes
+  assert scanned.fits and scanned.headroom > 0.99
+
+
 def test_compile_command_reports_does_not_fit(tmp_path, capsys):
   out = tmp_path / 'report.json'
   status = cli.main(

@@ -26,6 +26,7 @@ numbers), 2 for a usage error.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -84,6 +85,7 @@ def compile_target(spec, target, *, decode: bool = False, log=print):
   """[(StepReport, tips)] for one target: the train step, then decoding."""
   from rosetta import native_logs  # pylint: disable=import-outside-toplevel
   from rosetta.aot import compiler, report  # pylint: disable=import-outside-toplevel
+  from rosetta.model import layer_stack  # pylint: disable=import-outside-toplevel
   with native_logs.quiet_native_stderr():   # libtpu's off-TPU-VM warnings
     devices = target.devices()
   trainer = compiler.build_trainer(spec, devices)
@@ -112,6 +114,20 @@ def compile_target(spec, target, *, decode: bool = False, log=print):
     train = report.StepReport.from_compiled(
         compiled, step='train', target=target, mesh=mesh,
         state_bytes=state_bytes, model_flops=model_flops)
+    if layer_stack.stack_depths(trainer.abstract_params):
+      t0 = time.perf_counter()
+      cost = compiler.scanned_cost(trainer, shapes, train.flops,
+                                   train.optimal_seconds)
+      if cost is None:
+        log(f'[{target.name}] scanned stacks of different depths: compiled '
+            'FLOPs count each loop body once (not extrapolated)')
+        train = dataclasses.replace(train, flops=0.0, optimal_seconds=0.0)
+      else:
+        log(f'[{target.name}] two-layer loop body compiled in '
+            f'{time.perf_counter() - t0:.1f} s (for the per-layer cost)')
+        train = dataclasses.replace(train, flops=cost[0],
+                                    optimal_seconds=cost[1],
+                                    cost_extrapolated=True)
   tips = report.advice(train, remat=_remat_of(spec.model),
                        num_microbatches=spec.num_microbatches,
                        batch_size=spec.batch_size)

@@ -42,6 +42,9 @@ class StepReport:
   # Set when the TPU compiler itself refused the program for lack of HBM
   # (it then reports no cost): its message.
   compiler_refusal: str | None = None
+  # Scanned layers: FLOPs and optimal_seconds extrapolated from the loop
+  # body's cost (`compiler.scanned_cost`), since XLA counts a body once.
+  cost_extrapolated: bool = False
 
   @classmethod
   def from_compiled(cls, compiled, *, step, target, mesh, state_bytes=None,
@@ -221,7 +224,9 @@ def format_report(r: StepReport, tips: list[str] = ()) -> str:
     lines.append(f'  the TPU compiler refused it: {r.compiler_refusal}')
   else:
     lines.append(f'  compiled FLOPs per step: {r.flops * r.num_devices:.3e} '
-                 f'({r.flops:.3e} per device)')
+                 f'({r.flops:.3e} per device)' +
+                 ('; scanned layers: the loop body measured, times the '
+                  'depth' if r.cost_extrapolated else ''))
   if r.flops_ratio is not None:
     lines.append(f'    = {r.flops_ratio:.2f}x 6·N·tokens ({r.model_flops:.3e})')
   if r.optimal_seconds > 0:

@@ -27,6 +27,7 @@ from flax import nnx
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from rosetta.model import layer_stack
 from rosetta.model.encoder_decoder import EncoderDecoder, T5Config
 from rosetta.partitioning import Partitioner
 
@@ -275,7 +276,15 @@ def import_hf_checkpoint(directory: str, partitioner: Partitioner | None = None,
   cfg = load_hf_config(directory, **config_overrides)
   abstract = nnx.eval_shape(lambda: EncoderDecoder(cfg, rngs=nnx.Rngs(0)))
   graphdef, abstract_state = nnx.split(abstract)
-  flat = hf_to_rosetta(read_safetensors(directory), cfg, abstract_state)
+  # HF names one tensor per layer: convert in the unrolled layout, then
+  # stack for a scanned config.
+  unrolled_cfg = cfg.replace(scan_layers=False)
+  unrolled_state = abstract_state if not cfg.scan_layers else nnx.state(
+      nnx.eval_shape(lambda: EncoderDecoder(unrolled_cfg, rngs=nnx.Rngs(0))))
+  flat = hf_to_rosetta(read_safetensors(directory), unrolled_cfg,
+                       unrolled_state)
+  if cfg.scan_layers:
+    flat = layer_stack.stack_paths(flat)
   shardings = (None if partitioner is None
                else dict(nnx.to_flat_state(
                    partitioner.state_shardings(abstract_state))))
@@ -303,8 +312,10 @@ def rosetta_to_hf(model: EncoderDecoder) -> dict[str, np.ndarray]:
   cfg = model.cfg
   flat = {path: v.get_value()
           for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+  if cfg.scan_layers:
+    flat = layer_stack.unstack_paths(flat)
   out = {}
-  for rpath, hf_name, _, to_hf in name_map(cfg):
+  for rpath, hf_name, _, to_hf in name_map(cfg.replace(scan_layers=False)):
     out[hf_name] = np.ascontiguousarray(to_hf(np.asarray(flat[rpath])))
   return out
 

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from rosetta.model import layer_stack
 from rosetta.model import layers
 from rosetta.model import peft
 from rosetta.partitioning import constrain
@@ -66,6 +67,11 @@ class T5Config:
   # never remats): 'none', 'full' (keep only each layer's input) or
   # 'dots_saveable' (keep matmul outputs, recompute the rest).
   remat: str = 'none'
+  # Stack each stack's layers into one module run by `jax.lax.scan`
+  # (`rosetta.model.layer_stack`): the compiler sees one layer body, so big
+  # models compile several times faster. Parameter paths lose the layer
+  # index (`encoder/layers/mlp/...`, leading axis L).
+  scan_layers: bool = False
   # Parameter-efficient fine-tuning (`rosetta.model.peft`; all off by
   # default, and when on, the fresh network computes what its base does).
   lora_rank: int = 0                 # 0: no LoRA
@@ -142,6 +148,10 @@ def _attention_mask(q_valid, k_valid, q_segments=None, k_segments=None):
   return mask
 
 
+def _layer_stack(modules, scan_layers: bool):
+  return layer_stack.stack(modules) if scan_layers else nnx.List(modules)
+
+
 class EncoderLayer(nnx.Module):
 
   def __init__(self, cfg: T5Config, *, rngs: nnx.Rngs):
@@ -176,18 +186,27 @@ class Encoder(nnx.Module):
         cfg.relative_attention_num_buckets,
         cfg.relative_attention_max_distance, cfg.num_heads,
         bidirectional=True, param_dtype=cfg.jnp_param_dtype, rngs=rngs)
-    self.layers = nnx.List(
-        [EncoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_encoder_layers)])
+    self.layers = _layer_stack(
+        [EncoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_encoder_layers)],
+        cfg.scan_layers)
     self.final_norm = layers.RMSNorm(cfg.emb_dim, cfg.layer_norm_epsilon,
                                      cfg.jnp_dtype, cfg.jnp_param_dtype)
     self.dropout = nnx.Dropout(cfg.dropout_rate)
     self.remat = cfg.remat
+    self.scan_layers = cfg.scan_layers
 
   def __call__(self, embedded, valid, segment_ids, deterministic, rngs):
     idx = _index_positions(embedded.shape[1])
     bias = self.relpos_bias(idx, idx)
     mask = _attention_mask(valid, valid, segment_ids, segment_ids)
     x = self.dropout(embedded, deterministic=deterministic, rngs=rngs)
+    if self.scan_layers:
+      x, _ = layer_stack.scan(
+          self.layers, lambda layer, x, layer_rngs: (
+              layer(x, bias, mask, deterministic, layer_rngs), None),
+          x, rngs=rngs, deterministic=deterministic, remat=self.remat)
+      x = self.final_norm(x)
+      return self.dropout(x, deterministic=deterministic, rngs=rngs)
     call = layers.rematerialized(
         lambda layer, x, bias, mask, rngs: layer(x, bias, mask, deterministic,
                                                  rngs), self.remat)
@@ -238,6 +257,12 @@ class DecoderLayer(nnx.Module):
     return x, probs
 
 
+def _last_probs(out):
+  """A scanned decoder layer's (x, head-averaged cross-attention)."""
+  x, probs = out
+  return x, jnp.mean(probs, axis=1)
+
+
 def _with_rngs(call, rngs, layer, *args):
   return call(layer, *args, rngs)
 
@@ -250,8 +275,12 @@ class Decoder(nnx.Module):
         cfg.relative_attention_num_buckets,
         cfg.relative_attention_max_distance, cfg.num_heads,
         bidirectional=False, param_dtype=cfg.jnp_param_dtype, rngs=rngs)
-    self.layers = nnx.List(
-        [DecoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_decoder_layers)])
+    self.layers = _layer_stack(
+        [DecoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_decoder_layers)],
+        cfg.scan_layers)
+    # With scan_layers, `init_cache` puts the layers here one by one (slices
+    # of the stacked parameters): decoding keeps a KV cache per layer.
+    self.decode_layers: nnx.List | None = nnx.data(None)
     self.final_norm = layers.RMSNorm(cfg.emb_dim, cfg.layer_norm_epsilon,
                                      cfg.jnp_dtype, cfg.jnp_param_dtype)
     self.dropout = nnx.Dropout(cfg.dropout_rate)
@@ -271,18 +300,26 @@ class Decoder(nnx.Module):
     if decode:
       call = lambda layer, *args: layer(*args, cache_index, deterministic,
                                         rngs, beam_ancestry)
+    elif self.cfg.scan_layers:
+      x, probs = layer_stack.scan(
+          self.layers, lambda layer, x, layer_rngs: _last_probs(layer(
+              x, encoded, self_bias, self_mask, cross_mask, None,
+              deterministic, layer_rngs)),
+          x, rngs=rngs, deterministic=deterministic, remat=self.cfg.remat)
+      call, probs = None, probs[-1]
     else:  # training / scoring: the remat policy (no cache, no beams)
       call = layers.rematerialized(
           lambda layer, x, encoded, self_bias, self_mask, cross_mask, rngs:
           layer(x, encoded, self_bias, self_mask, cross_mask, None,
                 deterministic, rngs, beam_ancestry), self.cfg.remat)
       call = functools.partial(_with_rngs, call, rngs)
-    for layer in self.layers:
+    for layer in self.cached_layers() if call is not None else ():
       x, probs = call(layer, x, encoded, self_bias, self_mask, cross_mask)
+      probs = jnp.mean(probs, axis=1)
     x = self.final_norm(x)
     x = self.dropout(x, deterministic=deterministic, rngs=rngs)
     if not project:   # the states the output projection would read
-      return x, jnp.mean(probs, axis=1)
+      return x, probs
     if self.cfg.tie_word_embeddings:
       # T5 v1.0 rescales before reusing the input embedding (as HF does).
       logits = shared_embedding.attend(x * self.cfg.emb_dim ** -0.5)
@@ -292,7 +329,17 @@ class Decoder(nnx.Module):
       self.cache_index[...] = cache_index + embedded.shape[1]
     # Cross-attention of the last layer, averaged over heads: (b, q, k); the
     # GNMT coverage penalty reads it.
-    return constrain(logits, LOGITS_AXES), jnp.mean(probs, axis=1)
+    return constrain(logits, LOGITS_AXES), probs
+
+  def cached_layers(self):
+    """The layers one by one: the decoding copies of scanned layers once
+    `init_cache` has made them, else the unrolled layers."""
+    if self.cfg.scan_layers:
+      if self.decode_layers is None:
+        raise ValueError('a scanned decoder decodes step by step only after '
+                         'init_cache')
+      return self.decode_layers
+    return self.layers
 
 
 class EncoderDecoder(nnx.Module):
@@ -389,7 +436,10 @@ class EncoderDecoder(nnx.Module):
     of `max_decode_length` positions per layer, cross-attention K/V projected
     once from `encoded`, and the encoder padding mask."""
     b = encoded.shape[0]
-    for layer in self.decoder.layers:
+    if self.cfg.scan_layers:
+      self.decoder.decode_layers = nnx.List(
+          layer_stack.unstack(self.decoder.layers))
+    for layer in self.decoder.cached_layers():
       layer.self_attention.init_cache(b, max_decode_length)
       layer.cross_attention.set_static_kv(encoded)
     self.decoder.cache_index = nnx.Cache(jnp.zeros((), jnp.int32),
@@ -401,7 +451,7 @@ class EncoderDecoder(nnx.Module):
   def grow_cache(self, max_decode_length: int):
     """Extends every self-attention cache to `max_decode_length` positions,
     keeping what is written (`decoding` runs one loop per cache chunk)."""
-    for layer in self.decoder.layers:
+    for layer in self.decoder.cached_layers():
       layer.self_attention.grow_cache(max_decode_length)
 
   def decode_step(self, decoder_input_tokens, beam_ancestry=None):
@@ -418,7 +468,7 @@ class EncoderDecoder(nnx.Module):
     """
     index = self.decoder.cache_index[...]
     c = decoder_input_tokens.shape[1]
-    max_len = self.decoder.layers[0].self_attention.cached_key.shape[2]
+    max_len = self.decoder.cached_layers()[0].self_attention.cached_key.shape[2]
     if beam_ancestry is not None and beam_ancestry.shape[-1] > max_len:
       beam_ancestry = beam_ancestry[..., :max_len]
     q_pos = _index_positions(c, start=index)   # (1, c): the same row for

@@ -188,10 +188,14 @@ def merge_lora(params: Mapping[str, Any], scale: float) -> dict[str, Any]:
                      'merge into')
     a, b = ab['a'], ab['b']
     rank = a.shape[-1]
-    product = jnp.dot(jnp.asarray(a, jnp.float32).reshape(-1, rank),
-                      jnp.asarray(b, jnp.float32).reshape(rank, -1),
-                      precision=jax.lax.Precision.HIGHEST)
     kernel = out[target]
+    # Scanned layers (`layer_stack`) stack a, b and the kernel on one more
+    # leading axis than the kernel's own dimensions account for.
+    lead = a.shape[:a.ndim + b.ndim - 2 - kernel.ndim]
+    product = jnp.einsum('...ir,...rj->...ij',
+                         jnp.asarray(a, jnp.float32).reshape(*lead, -1, rank),
+                         jnp.asarray(b, jnp.float32).reshape(*lead, rank, -1),
+                         precision=jax.lax.Precision.HIGHEST)
     out[target] = (jnp.asarray(kernel, jnp.float32) +
                    scale * product.reshape(kernel.shape)).astype(kernel.dtype)
   return out
