@@ -11,11 +11,15 @@ docs/results/tpu_compile.json, which each finished row is added to).
 
 The workload of every row: T5's pretraining shape (inputs 512, targets 128
 tokens; 4 sequences per device), bfloat16 activations, float32 parameters,
-Adafactor (gin/runs/train.gin). Mesh and remat by size: small and base are
-data parallel; large, XL and XXL shard parameters and optimizer state over
-every device (FSDP); the remat policy is the first of none / dots_saveable
-/ full whose step fits with 10% HBM headroom (XL and XXL start at
-dots_saveable). The dual encoder (GTR-base) and the DSI configs run their
+Adafactor (gin/runs/train.gin), scanned layers (`T5Config.scan_layers`:
+the compiler sees one layer body, several times faster to compile). Mesh
+and remat by size: small and base are data parallel; large, XL and XXL
+shard parameters and optimizer state over every device (FSDP); the remat
+policy is the first of dots_saveable / full whose step fits with 10% HBM
+headroom (under a scan, 'none' keeps every intermediate of every layer;
+dots_saveable keeps the matmul outputs, so it does the same matmuls).
+Each row also has the step's matmul FLOPs as JAX traced them over
+6·N·tokens: XLA's cost analysis counts a loop body once. The dual encoder (GTR-base) and the DSI configs run their
 own gin files with the same per-device batch. Rows are appended to the
 JSON as they finish, so an interrupted run keeps its rows and resumes.
 """
@@ -53,15 +57,17 @@ def configs() -> list[dict]:
                    'bindings': [f'train.task_feature_lengths = {LENGTHS}',
                                 "encoder_decoder.T5Config.dtype = 'bfloat16'"],
                    'fsdp': size in ('large', 'xl', 'xxl'),
-                   'remats': (['dots_saveable', 'full'] if size in ('xl', 'xxl')
-                              else ['none', 'dots_saveable', 'full'])})
+                   'home': 'v5p-128' if size == 'xxl' else 'v5e-16',
+                   'remats': ['dots_saveable', 'full']})
   rows.append({'name': 'gtr_base (dual encoder)',
                'gin_files': ['retrieval/gtr_base.gin'],
                'bindings': ["encoder_decoder.T5Config.dtype = 'bfloat16'"],
-               'fsdp': False, 'remats': ['none', 'full']})
+               'fsdp': False, 'home': 'v5e-16',
+               'remats': ['dots_saveable', 'full']})
   for dsi in ('xquad_atomic_tiny', 'cranfield_naive_tiny'):
     rows.append({'name': f'dsi/{dsi}', 'gin_files': [f'dsi/{dsi}.gin'],
-                 'bindings': [], 'fsdp': False, 'remats': ['none']})
+                 'bindings': [], 'fsdp': False, 'home': 'v5e-16',
+                 'remats': ['dots_saveable']})
   return rows
 
 
@@ -74,6 +80,7 @@ def compile_row(cfg: dict, target: topologies.Target) -> dict:
     bindings = [*cfg['bindings'], *mesh,
                 f'train.batch_size = {PER_DEVICE_BATCH * target.num_devices}',
                 f"encoder_decoder.T5Config.remat = '{remat}'",
+                'encoder_decoder.T5Config.scan_layers = True',
                 'train.mesh = None']
     gin_utils.parse(cfg['gin_files'], bindings, finalize=False)
     spec = compiler.run_spec_from_gin()
@@ -89,8 +96,12 @@ def compile_row(cfg: dict, target: topologies.Target) -> dict:
   return row
 
 
+def _layers(row) -> str:
+  return 'scanned' if row.get('scanned_layers') else 'unrolled'
+
+
 def _key(row) -> str:
-  return f"{row['config']}@{row['target']}"
+  return f"{row['config']}@{row['target']}@{_layers(row)}"
 
 
 def _num(x, fmt: str) -> str:
@@ -99,11 +110,16 @@ def _num(x, fmt: str) -> str:
   return fmt.format(x) if x and x > 0 else '-'
 
 
+def scanned_dash(row, field, fmt) -> str:
+  # XLA counts a scanned program's loop body once: its cost is not the step's.
+  return '-' if row.get('scanned_layers') else _num(row[field], fmt)
+
+
 def markdown(rows: list[dict], pending: list[str]) -> str:
-  head = ('| config | target | mesh | remat | fits | per device (params + '
-          'opt + temp) | HBM free | compiled / 6·N·T | est. step (cost model)'
-          ' | implied MFU bound |\n|---|---|---|---|---|---:|---:|---:|---:|'
-          '---:|')
+  head = ('| config | target | mesh | layers | remat | fits | per device '
+          '(params + opt + temp) | HBM free | matmul FLOPs traced / 6·N·T | '
+          'compiled / 6·N·T | est. step (cost model) | implied MFU bound |\n'
+          '|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|')
   lines = [head]
   for r in rows:
     gb = lambda n: f'{n / report.GiB:.1f}'
@@ -112,11 +128,13 @@ def markdown(rows: list[dict], pending: list[str]) -> str:
         'tight' if r['fits'] else '**no**')
     temp = r['temp_bytes'] + r['output_bytes'] - r['alias_bytes']
     lines.append(
-        f"| {r['config']} | {r['target']} | {mesh} | {r['remat']} | {fits} | "
+        f"| {r['config']} | {r['target']} | {mesh} | {_layers(r)} | "
+        f"{r['remat']} | {fits} | "
         f"{gb(r['total_bytes'])} GiB ({gb(r['params_bytes'])} + "
         f"{gb(r['opt_state_bytes'])} + {gb(temp)}) | {r['headroom']:.0%} | "
-        f"{_num(r['flops_ratio'], '{:.2f}x')} | "
-        f"{_num(r['optimal_seconds'], '{:.3g} s')} | "
+        f"{_num(r.get('traced_ratio'), '{:.2f}x')} | "
+        f"{scanned_dash(r, 'flops_ratio', '{:.2f}x')} | "
+        f"{scanned_dash(r, 'optimal_seconds', '{:.3g} s')} | "
         f"{_num(r['mfu_bound'], '{:.0%}')} |")
   if pending:
     lines += ['', 'Not finished in this run: ' + ', '.join(pending) + '.']
@@ -134,10 +152,12 @@ def main(argv=None) -> int:
   done = {_key(r) for r in rows}
   todo = [(c, t) for c in configs() for t in args.targets
           if (not args.only or c['name'] in args.only)
-          and f"{c['name']}@{t}" not in done]
-  # Cheapest first: small models on every target, then the large ones.
+          and f"{c['name']}@{t}@scanned" not in done]
+  # Every config on its home target first (one fitting row per size), then
+  # the rest, cheapest sizes first.
   order = {n: i for i, n in enumerate(SIZES)}
-  todo.sort(key=lambda ct: order.get(ct[0]['name'].rsplit('_', 1)[-1], 0))
+  todo.sort(key=lambda ct: (ct[1] != ct[0]['home'],
+                            order.get(ct[0]['name'].rsplit('_', 1)[-1], 0)))
   if not args.markdown_only:
     print(f'{len(todo)} rows to compile on {platform.node()} '
           f'({os.cpu_count()} CPUs)', file=sys.stderr)
@@ -153,12 +173,12 @@ def main(argv=None) -> int:
       files.atomic_write_json(args.out, rows, indent=1)
       print(f'[{i}/{len(todo)}] {_key(row)}: remat {row["remat"]}, '
             f'{row["total_bytes"] / report.GiB:.1f} GiB, '
-            f'{_num(row["flops_ratio"], "{:.2f}x")}, '
+            f'{_num(row["traced_ratio"], "{:.2f}x")} traced, '
             f'{time.perf_counter() - t0:.0f} s',
             file=sys.stderr, flush=True)
   keys = {_key(r) for r in rows}
   pending = [f"{c['name']}@{t}" for c in configs() for t in TARGETS
-             if f"{c['name']}@{t}" not in keys]
+             if f"{c['name']}@{t}@scanned" not in keys]
   rank = {c['name']: i for i, c in enumerate(configs())}
   rows.sort(key=lambda r: (rank.get(r['config'], 99),
                            TARGETS.index(r['target'])

@@ -317,6 +317,11 @@ class Trainer:
     """AOT-lowers the train step for abstract batch shapes (no data needed):
     `trainer.lower_train_step(...).compile()` checks a config fits before a
     long run, as MaxText's train_compile does."""
+    return self.trace_train_step(batch_shapes).lower()
+
+  def trace_train_step(self, batch_shapes):
+    """The train step traced for abstract batch shapes (`jax.stages.
+    Traced`: its `.jaxpr`, or `.lower()` for the compiler)."""
     batch = {k: jax.ShapeDtypeStruct(s, jnp.int32) for k, s in
              batch_shapes.items()}
     fn = jax.jit(self._train_step_impl,
@@ -325,7 +330,7 @@ class Trainer:
                  out_shardings=(self.state_shardings, self.replicated),
                  donate_argnums=(0,))
     with self.partitioner.activate():
-      return fn.lower(self.abstract_state, self.abstract_frozen, batch)
+      return fn.trace(self.abstract_state, self.abstract_frozen, batch)
 
 
 @dataclasses.dataclass

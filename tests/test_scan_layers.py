@@ -229,3 +229,19 @@ def test_hf_files_round_trip_through_a_scanned_model(tmp_path):
   assert sorted(got) == sorted(want)
   for path in got:
     np.testing.assert_array_equal(got[path], want[path], err_msg=str(path))
+
+
+def test_dual_encoder_imports_hf_files_into_scanned_towers(tmp_path):
+  from retrieval.dense import dual_encoder   # pylint: disable=import-outside-toplevel
+  unrolled, _ = _pair(seed=5)
+  hf.export_hf_checkpoint(unrolled, str(tmp_path / 't5'))
+  towers = {scan: dual_encoder.import_hf_encoder(
+      str(tmp_path / 't5'), scan_layers=scan, dropout_rate=0.0)
+            for scan in (False, True)}
+  want = layer_stack.stack_paths(_flat(towers[False]))
+  got = _flat(towers[True])
+  assert sorted(got) == sorted(want)
+  assert got[('shared_tower', 'encoder', 'layers', 'mlp', 'wi_0')].shape == (
+      3, 32, 64)
+  for path in got:
+    np.testing.assert_array_equal(got[path], want[path], err_msg=str(path))

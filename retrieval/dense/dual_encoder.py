@@ -37,6 +37,7 @@ import numpy as np
 from flax import nnx
 
 from rosetta.checkpoint import hf as checkpoint_import
+from rosetta.model import layer_stack
 from rosetta.model import layers
 from rosetta.model.encoder_decoder import Encoder, T5Config
 from rosetta.partitioning import Partitioner, constrain
@@ -283,7 +284,8 @@ def import_hf_encoder(directory: str, cfg: DualEncoderConfig | None = None, *,
   towers = (['shared_tower'] if cfg.shared_towers
             else ['query_tower', 'doc_tower'])
   for tower in towers:
-    for rpath, hf_name, to_rosetta, _ in _encoder_entries(t5):
+    for rpath, hf_name, to_rosetta, _ in _encoder_entries(
+        t5.replace(scan_layers=False)):
       if hf_name not in tensors and hf_name == 'shared.weight':
         hf_name = 'encoder.embed_tokens.weight'  # some exports drop 'shared'
       if hf_name not in tensors:
@@ -311,6 +313,9 @@ def import_hf_encoder(directory: str, cfg: DualEncoderConfig | None = None, *,
     raise ValueError(f'{directory}: tensors the encoder does not use: '
                      f'{unused[:5]}{"..." if len(unused) > 5 else ""} (wrong '
                      'num_layers or feed_forward_proj in config.json?)')
+
+  if t5.scan_layers:   # HF has one tensor per layer: stack them
+    values = layer_stack.stack_paths(values)
 
   def place(path, variable):
     want = variable.get_value()

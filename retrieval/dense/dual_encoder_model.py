@@ -288,7 +288,7 @@ class DualEncoderModel:
     return import_hf_encoder(
         directory, self.config, partitioner=partitioner,
         dropout_rate=mine.dropout_rate, dtype=mine.dtype,
-        param_dtype=mine.param_dtype)
+        param_dtype=mine.param_dtype, scan_layers=mine.scan_layers)
 
   def check_batch(self, batch):
     want = list(self.FEATURES) + (['negative_tokens'] if self.num_negatives

@@ -94,6 +94,9 @@ def compile_target(spec, target, *, decode: bool = False, log=print):
                                  spec.batch_size, spec.pack)
   model_flops = 6.0 * compiler.num_params(trainer) * \
       compiler.tokens_per_step(shapes)
+  layer_facts = dict(
+      scanned_layers=bool(layer_stack.stack_depths(trainer.abstract_params)),
+      traced_flops=compiler.traced_matmul_flops(trainer, shapes))
   # One XLA call with no progress to report: say what it is doing.
   log(f'[{target.name}] compiling the train step on mesh '
       f'{dict(mesh.shape)} (minutes for XL / XXL sizes) ...')
@@ -108,26 +111,14 @@ def compile_target(spec, target, *, decode: bool = False, log=print):
     train = report.StepReport.from_refusal(
         str(e), step='train', target=target, mesh=mesh,
         state_bytes=state_bytes, model_flops=model_flops)
+    train = dataclasses.replace(train, **layer_facts)
   else:
     log(f'[{target.name}] train step compiled in '
         f'{time.perf_counter() - t0:.1f} s')
     train = report.StepReport.from_compiled(
         compiled, step='train', target=target, mesh=mesh,
         state_bytes=state_bytes, model_flops=model_flops)
-    if layer_stack.stack_depths(trainer.abstract_params):
-      t0 = time.perf_counter()
-      cost = compiler.scanned_cost(trainer, shapes, train.flops,
-                                   train.optimal_seconds)
-      if cost is None:
-        log(f'[{target.name}] scanned stacks of different depths: compiled '
-            'FLOPs count each loop body once (not extrapolated)')
-        train = dataclasses.replace(train, flops=0.0, optimal_seconds=0.0)
-      else:
-        log(f'[{target.name}] two-layer loop body compiled in '
-            f'{time.perf_counter() - t0:.1f} s (for the per-layer cost)')
-        train = dataclasses.replace(train, flops=cost[0],
-                                    optimal_seconds=cost[1],
-                                    cost_extrapolated=True)
+    train = dataclasses.replace(train, **layer_facts)
   tips = report.advice(train, remat=_remat_of(spec.model),
                        num_microbatches=spec.num_microbatches,
                        batch_size=spec.batch_size)

@@ -134,32 +134,37 @@ def compile_decode(trainer: trainer_lib.Trainer, batch_size: int,
     return jax.jit(decode).lower(params, tokens).compile()
 
 
-def scanned_cost(trainer: trainer_lib.Trainer,
-                 shapes: dict[str, tuple[int, ...]], flops: float,
-                 optimal_seconds: float) -> tuple[float, float] | None:
-  """(FLOPs, optimal_seconds) of a train step with scanned layers, from
-  the compiled program's figures and a second program with two layers per
-  loop iteration. XLA's cost analysis counts a loop body once, so the two
-  differ by one layer's cost (two with an odd depth, whose remainder layer
-  runs in a loop of its own): total = first + (L - 1) x layer. None for
-  unrolled layers, or stacks of different depths (one difference cannot
-  tell their layers apart)."""
-  from rosetta.model import layer_stack  # pylint: disable=import-outside-toplevel
-  depths = set(layer_stack.stack_depths(trainer.abstract_params).values())
-  if len(depths) != 1:
-    return None
-  depth, = depths
-  if depth == 1:
-    return flops, optimal_seconds
-  with layer_stack.unrolled(2):
-    cost = trainer.lower_train_step(shapes).compile().cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  per_layer = 1 + depth % 2
-  layer_flops = (float(cost.get('flops', 0.0)) - flops) / per_layer
-  layer_seconds = (float(cost.get('optimal_seconds', 0.0)) -
-                   optimal_seconds) / per_layer
-  return (flops + (depth - 1) * layer_flops,
-          optimal_seconds + (depth - 1) * layer_seconds)
+def _matmul_flops(jaxpr) -> float:
+  """2 x output elements x contracted size of every dot_general, scan
+  bodies times their length, cond branches at their costliest."""
+  total = 0.0
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == 'dot_general':
+      (lhs_contract, _), _ = eqn.params['dimension_numbers']
+      lhs = eqn.invars[0].aval.shape
+      total += 2.0 * np.prod(eqn.outvars[0].aval.shape, dtype=np.float64) * \
+          np.prod([lhs[i] for i in lhs_contract], dtype=np.float64)
+    times = eqn.params.get('length', 1) if eqn.primitive.name == 'scan' else 1
+    inner = []
+    for value in eqn.params.values():
+      for item in value if isinstance(value, (tuple, list)) else (value,):
+        sub = getattr(item, 'jaxpr', item)
+        if hasattr(sub, 'eqns'):
+          inner.append(_matmul_flops(sub))
+    if inner:
+      total += times * (max(inner) if eqn.primitive.name == 'cond'
+                        else sum(inner))
+  return total
+
+
+def traced_matmul_flops(trainer: trainer_lib.Trainer,
+                        shapes: dict[str, tuple[int, ...]]) -> float:
+  """The matmul FLOPs of the whole train step as JAX traced it (all
+  devices; rematerialised forward passes included, scanned layers times
+  their depth). Independent of XLA's cost analysis, which counts a loop
+  body once, including the loops it makes itself (windowed einsums over
+  an FSDP axis)."""
+  return _matmul_flops(trainer.trace_train_step(shapes).jaxpr.jaxpr)
 
 
 def state_bytes_per_device(trainer: trainer_lib.Trainer) -> dict[str, int]:

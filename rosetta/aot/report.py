@@ -42,9 +42,13 @@ class StepReport:
   # Set when the TPU compiler itself refused the program for lack of HBM
   # (it then reports no cost): its message.
   compiler_refusal: str | None = None
-  # Scanned layers: FLOPs and optimal_seconds extrapolated from the loop
-  # body's cost (`compiler.scanned_cost`), since XLA counts a body once.
-  cost_extrapolated: bool = False
+  # XLA's cost analysis counts a loop body once: with scanned layers
+  # (`layer_stack`) `flops` and `optimal_seconds` cover one layer per
+  # stack, so no MFU bound is derived from them.
+  scanned_layers: bool = False
+  # The step's matmul FLOPs as JAX traced them (all devices; remat
+  # recomputation included, scan bodies times their length).
+  traced_flops: float | None = None
 
   @classmethod
   def from_compiled(cls, compiled, *, step, target, mesh, state_bytes=None,
@@ -110,11 +114,20 @@ class StepReport:
     return self.flops * self.num_devices / self.model_flops
 
   @property
+  def traced_ratio(self) -> float | None:
+    """Traced matmul FLOPs over 6·N·tokens: what remat recomputation and
+    attention add, free of the compiler's loop counting."""
+    if not self.model_flops or not self.traced_flops:
+      return None
+    return self.traced_flops / self.model_flops
+
+  @property
   def mfu_bound(self) -> float | None:
     """The MFU the compiler's estimated step time implies (6·N·tokens over
     peak x devices x estimated seconds): an upper bound from a cost model,
     not a measured MFU."""
-    if not self.model_flops or self.optimal_seconds <= 0:
+    if (not self.model_flops or self.optimal_seconds <= 0
+        or self.scanned_layers):
       return None
     return self.model_flops / (self.peak_flops * self.num_devices *
                                self.optimal_seconds)
@@ -123,7 +136,7 @@ class StepReport:
     out = dataclasses.asdict(self)
     out.update(total_bytes=self.total_bytes, headroom=self.headroom,
                fits=self.fits, flops_ratio=self.flops_ratio,
-               mfu_bound=self.mfu_bound)
+               traced_ratio=self.traced_ratio, mfu_bound=self.mfu_bound)
     return out
 
 
@@ -225,11 +238,17 @@ def format_report(r: StepReport, tips: list[str] = ()) -> str:
   else:
     lines.append(f'  compiled FLOPs per step: {r.flops * r.num_devices:.3e} '
                  f'({r.flops:.3e} per device)' +
-                 ('; scanned layers: the loop body measured, times the '
-                  'depth' if r.cost_extrapolated else ''))
-  if r.flops_ratio is not None:
+                 ('; XLA counts the scanned layer loop once' if
+                  r.scanned_layers else ''))
+  if r.flops_ratio is not None and not r.scanned_layers:
     lines.append(f'    = {r.flops_ratio:.2f}x 6·N·tokens ({r.model_flops:.3e})')
-  if r.optimal_seconds > 0:
+  if r.traced_ratio is not None:
+    lines.append(f'  matmul FLOPs as traced: {r.traced_flops:.3e} = '
+                 f'{r.traced_ratio:.2f}x 6·N·tokens (remat recomputation '
+                 'included)')
+  if r.scanned_layers:
+    pass   # one loop iteration's estimate: not the step's
+  elif r.optimal_seconds > 0:
     lines.append(f"  compiler's estimated step time: {r.optimal_seconds:.4g} "
                  's (XLA cost model: a bound, not a measurement)')
   elif not r.compiler_refusal:   # seen for v5e programs: not an estimate

@@ -229,10 +229,16 @@ def load_hf_config(directory: str, **overrides) -> T5Config:
 
 def hf_to_rosetta(tensors: dict[str, tuple[np.ndarray, str]], cfg: T5Config,
                   abstract_state: nnx.State) -> dict[tuple, np.ndarray]:
-  """Converts HF tensors to Rosetta's flat {path: array}, checking shapes."""
-  expected = {path: v for path, v in nnx.to_flat_state(abstract_state)}
+  """Converts HF tensors to Rosetta's flat {path: array}, checking shapes.
+  HF names one tensor per layer: a scanned config's layers are converted
+  one by one and stacked (`layer_stack`)."""
+  expected = {path: v.get_value()
+              for path, v in nnx.to_flat_state(abstract_state)}
+  if cfg.scan_layers:
+    expected = layer_stack.unstack_paths(expected)
   out, used = {}, set()
-  for rpath, hf_name, to_rosetta, _ in name_map(cfg):
+  for rpath, hf_name, to_rosetta, _ in name_map(
+      cfg.replace(scan_layers=False)):
     if hf_name not in tensors and hf_name == 'shared.weight':
       hf_name = 'encoder.embed_tokens.weight'  # some exports drop 'shared'
     if hf_name not in tensors and hf_name == 'lm_head.weight':
@@ -249,7 +255,7 @@ def hf_to_rosetta(tensors: dict[str, tuple[np.ndarray, str]], cfg: T5Config,
     except ValueError as e:
       raise ValueError(f'{source}: tensor {hf_name!r} of shape {array.shape} '
                        f'does not fit the config ({e})') from e
-    want = expected[rpath].get_value()
+    want = expected[rpath]
     if tuple(value.shape) != tuple(want.shape):
       raise ValueError(f'{source}: tensor {hf_name!r} has shape '
                        f'{array.shape}; the config needs {want.shape} after '
@@ -263,7 +269,7 @@ def hf_to_rosetta(tensors: dict[str, tuple[np.ndarray, str]], cfg: T5Config,
     raise ValueError(f'checkpoint has tensors the config does not use: '
                      f'{unexpected[:5]}{"..." if len(unexpected) > 5 else ""}'
                      ' (wrong num_layers or feed_forward_proj?)')
-  return out
+  return layer_stack.stack_paths(out) if cfg.scan_layers else out
 
 
 def import_hf_checkpoint(directory: str, partitioner: Partitioner | None = None,
@@ -276,15 +282,7 @@ def import_hf_checkpoint(directory: str, partitioner: Partitioner | None = None,
   cfg = load_hf_config(directory, **config_overrides)
   abstract = nnx.eval_shape(lambda: EncoderDecoder(cfg, rngs=nnx.Rngs(0)))
   graphdef, abstract_state = nnx.split(abstract)
-  # HF names one tensor per layer: convert in the unrolled layout, then
-  # stack for a scanned config.
-  unrolled_cfg = cfg.replace(scan_layers=False)
-  unrolled_state = abstract_state if not cfg.scan_layers else nnx.state(
-      nnx.eval_shape(lambda: EncoderDecoder(unrolled_cfg, rngs=nnx.Rngs(0))))
-  flat = hf_to_rosetta(read_safetensors(directory), unrolled_cfg,
-                       unrolled_state)
-  if cfg.scan_layers:
-    flat = layer_stack.stack_paths(flat)
+  flat = hf_to_rosetta(read_safetensors(directory), cfg, abstract_state)
   shardings = (None if partitioner is None
                else dict(nnx.to_flat_state(
                    partitioner.state_shardings(abstract_state))))

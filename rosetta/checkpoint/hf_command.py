@@ -293,7 +293,8 @@ def import_run(hf_dir: str, output: str, gin_files, gin_bindings=()) -> dict:
   else:
     network = hf.import_hf_checkpoint(
         hf_dir, partitioner=part, dropout_rate=run_cfg.dropout_rate,
-        dtype=run_cfg.dtype, param_dtype=run_cfg.param_dtype)
+        dtype=run_cfg.dtype, param_dtype=run_cfg.param_dtype,
+        scan_layers=run_cfg.scan_layers)
   state = tr.state_from_network(network)
 
   parent = os.path.dirname(os.path.abspath(output))

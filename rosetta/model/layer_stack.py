@@ -22,10 +22,8 @@ cache is set up; training and scoring never unstack.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import re
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -35,24 +33,6 @@ from flax import nnx
 # The logical name of the stacked axis; partitioning maps it to no mesh axis
 # (every device holds every layer's shard of each parameter).
 LAYERS_AXIS = 'layers'
-
-# Layers per loop iteration (`jax.lax.scan`'s unroll); 1 but under
-# `unrolled`, which `rosetta compile` uses to measure one layer's cost.
-_UNROLL: contextvars.ContextVar[int] = contextvars.ContextVar(
-    'layer_scan_unroll', default=1)
-
-
-@contextlib.contextmanager
-def unrolled(layers_per_iteration: int) -> Iterator[None]:
-  """Scans traced inside run `layers_per_iteration` layers per loop
-  iteration. XLA's cost analysis counts a loop body once whatever its trip
-  count, so the difference between two such programs is one layer's cost."""
-  token = _UNROLL.set(layers_per_iteration)
-  try:
-    yield
-  finally:
-    _UNROLL.reset(token)
-
 
 _REMAT = {
     'full': jax.checkpoint_policies.nothing_saveable,
@@ -121,7 +101,7 @@ def scan(module: nnx.Module, body: Callable, x, *, rngs: nnx.Rngs | None,
 
   if remat != 'none':
     step = jax.checkpoint(step, policy=_REMAT[remat], prevent_cse=False)
-  return jax.lax.scan(step, x, (state, keys), unroll=min(_UNROLL.get(), n))
+  return jax.lax.scan(step, x, (state, keys))
 
 
 def stack_depths(params) -> dict[str, int]:
@@ -188,8 +168,8 @@ def unstack_paths(flat: Mapping[tuple, Any],
                   stacked_prefixes: Sequence[tuple] = (('encoder', 'layers'),
                                                        ('decoder', 'layers'))
                   ) -> dict[tuple, Any]:
-  """The inverse of `stack_paths`: (L, ...) arrays under a stacked prefix
-  (anywhere in the path) become L indexed paths."""
+  """The inverse of `stack_paths`: (L, ...) arrays (or ShapeDtypeStructs)
+  under a stacked prefix (anywhere in the path) become L indexed paths."""
   out = {}
   for path, value in flat.items():
     j = next((k for k in range(len(path) - 1)
@@ -198,5 +178,7 @@ def unstack_paths(flat: Mapping[tuple, Any],
       out[path] = value   # not stacked, or already unrolled
       continue
     for i in range(np.shape(value)[0]):
-      out[path[:j + 2] + (i,) + path[j + 2:]] = value[i]
+      out[path[:j + 2] + (i,) + path[j + 2:]] = (
+          jax.ShapeDtypeStruct(value.shape[1:], value.dtype)
+          if isinstance(value, jax.ShapeDtypeStruct) else value[i])
   return out

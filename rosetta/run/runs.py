@@ -9,6 +9,7 @@ See `rosetta/cli.py` for the command line.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -256,8 +257,12 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
       from rosetta.checkpoint import hf as checkpoint_import
       # A wrapper whose network is not an EncoderDecoder (a dual encoder)
       # names its own importer.
-      importer = getattr(model, 'import_hf_checkpoint',
-                         checkpoint_import.import_hf_checkpoint)
+      importer = getattr(model, 'import_hf_checkpoint', None)
+      if importer is None:
+        # HF's config has no layer layout: the run's decides it.
+        importer = functools.partial(
+            checkpoint_import.import_hf_checkpoint,
+            scan_layers=model.config.scan_layers)
       state = tr.state_from_network(importer(init_from_hf, partitioner=part))
     else:
       state = tr.init_state()
