@@ -321,9 +321,13 @@ class Trainer:
 
   def trace_train_step(self, batch_shapes):
     """The train step traced for abstract batch shapes (`jax.stages.
-    Traced`: its `.jaxpr`, or `.lower()` for the compiler)."""
-    batch = {k: jax.ShapeDtypeStruct(s, jnp.int32) for k, s in
-             batch_shapes.items()}
+    Traced`: its `.jaxpr`, or `.lower()` for the compiler). batch_shapes:
+    {feature: shape (int32) or jax.ShapeDtypeStruct}."""
+    # A shape is an int32 feature; a ShapeDtypeStruct says its dtype (a
+    # reranker's labels, a teacher's scores are float).
+    batch = {k: s if isinstance(s, jax.ShapeDtypeStruct)
+             else jax.ShapeDtypeStruct(s, jnp.int32)
+             for k, s in batch_shapes.items()}
     fn = jax.jit(self._train_step_impl,
                  in_shardings=(self.state_shardings, self.frozen_shardings,
                                self.batch_shardings(batch)),

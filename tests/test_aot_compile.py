@@ -148,6 +148,31 @@ def test_scanned_layers_compile_smaller_with_the_same_traced_flops():
   assert scanned.fits and scanned.headroom > 0.99
 
 
+@pytest.mark.parametrize('gin_file, bindings, float_features', [
+    ('rerank/rankt5_encdec_xquad_tiny.gin', [], ['labels', 'teacher_scores']),
+    ('retrieval/dual_encoder_tiny_cpu.gin',
+     ["DualEncoderModel.distillation = 'margin_mse'",
+      'DualEncoderModel.num_negatives = 1',
+      "train.task_feature_lengths = {'queries': 16, 'positives': 32, "
+      "'negatives': 32}"], ['teacher_scores']),
+])
+def test_float_features_compile_as_floats(gin_file, bindings,
+                                          float_features):
+  """A reranker's labels and a teacher's scores are float features: the
+  compiled step takes them as floats (the converter names them beyond its
+  task features)."""
+  gin_utils.parse([gin_file], [*bindings, 'train.mesh = None'],
+                  finalize=False)
+  spec = compiler.run_spec_from_gin()
+  shapes = compiler.batch_shapes(spec.model, spec.task_feature_lengths,
+                                 spec.batch_size, spec.pack)
+  for name in float_features:
+    assert shapes[name].dtype == jnp.float32, name
+  (train, _), = command.compile_target(
+      spec, topologies.parse_target('v5e-4'), log=lambda m: None)
+  assert train.fits and train.traced_flops > 0
+
+
 def test_compile_command_reports_does_not_fit(tmp_path, capsys):
   out = tmp_path / 'report.json'
   status = cli.main(

@@ -137,6 +137,13 @@ class DualEncoderFeatureConverter(seqio.FeatureConverter):
           **{f: _Spec(tf.float32, rank=1) for f in self.teacher_features})
     super().__init__(pack=False, **kwargs)
 
+  def extra_example_features(self) -> dict[str, tf.TensorSpec]:
+    """Features an example carries beyond TASK_FEATURES (the teacher's,
+    which the task feature lengths do not name): `rosetta compile` builds
+    its sample example from them."""
+    return {f: tf.TensorSpec([self._teacher_length(f)], tf.float32)
+            for f in self.teacher_features}
+
   def _check_teacher_features(self, element_spec) -> None:
     missing = [f for f in self.teacher_features if f not in element_spec]
     if missing:

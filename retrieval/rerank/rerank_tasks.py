@@ -271,6 +271,12 @@ class RerankFeatureConverter(seqio.FeatureConverter):
     self.num_candidates = num_candidates
     super().__init__(pack=False, **kwargs)
 
+  def extra_example_features(self) -> dict[str, tf.TensorSpec]:
+    """Features an example carries beyond TASK_FEATURES (`rosetta
+    compile` builds its sample example from them)."""
+    return {'labels': tf.TensorSpec([1], tf.float32),
+            'teacher_scores': tf.TensorSpec([1], tf.float32)}
+
   def _convert_features(self, ds, task_feature_lengths):
     n, length = self.num_candidates, task_feature_lengths['pairs']
 

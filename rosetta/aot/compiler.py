@@ -57,8 +57,9 @@ def run_spec_from_gin() -> RunSpec:
 
 
 def batch_shapes(model, task_feature_lengths: dict, batch_size: int,
-                 pack: bool) -> dict[str, tuple[int, ...]]:
-  """{feature: (batch, ...)} as the model's feature converter emits them."""
+                 pack: bool) -> dict[str, Any]:
+  """{feature: (batch, ...)} as the model's feature converter emits them
+  (a `jax.ShapeDtypeStruct` for a feature that is not integer)."""
   import seqio  # pylint: disable=import-outside-toplevel
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   converter_cls = getattr(model, 'FEATURE_CONVERTER_CLS',
@@ -73,13 +74,22 @@ def batch_shapes(model, task_feature_lengths: dict, batch_size: int,
     shape = {0: [], 1: [length]}.get(spec.rank, [1] * (spec.rank - 1) +
                                      [length])
     example[name] = tf.fill(shape, tf.constant(3, spec.dtype))
+  # Features the converter reads that are no task features (a reranker's
+  # labels, a distilling dual encoder's teacher scores).
+  extra = getattr(converter, 'extra_example_features', dict)()
+  for name, spec in extra.items():
+    example[name] = tf.zeros(spec.shape, spec.dtype)
   ds = converter(tf.data.Dataset.from_tensors(example).repeat(2),
                  task_feature_lengths)
   lengths = converter.get_model_feature_lengths(task_feature_lengths)
   shapes = {}
   for name, spec in ds.element_spec.items():
     dims = [d if d is not None else lengths[name] for d in spec.shape.as_list()]
-    shapes[name] = (batch_size, *dims)
+    shape = (batch_size, *dims)
+    # Integer features stay shapes (int32 in the step); others keep their
+    # dtype (a reranker's float labels).
+    shapes[name] = (shape if spec.dtype.is_integer else
+                    jax.ShapeDtypeStruct(shape, spec.dtype.as_numpy_dtype))
   return shapes
 
 
@@ -90,10 +100,11 @@ def tokens_per_step(shapes: dict[str, tuple[int, ...]]) -> float:
   this is the target count, the training MFU's convention; T5's 512 / 128
   pretraining shape would be undercounted 2.5x by targets alone).
   Encoder-only (a dual encoder's towers): every token position."""
+  size = lambda s: np.prod(getattr(s, 'shape', s))
   if 'decoder_target_tokens' in shapes:
-    return (np.prod(shapes['encoder_input_tokens']) +
-            np.prod(shapes['decoder_target_tokens'])) / 2
-  return float(sum(np.prod(s) for k, s in shapes.items()
+    return (size(shapes['encoder_input_tokens']) +
+            size(shapes['decoder_target_tokens'])) / 2
+  return float(sum(size(s) for k, s in shapes.items()
                    if k.endswith('_tokens')))
 
 
