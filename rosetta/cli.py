@@ -203,9 +203,23 @@ def main(argv=None) -> int:
   return 2
 
 
+def cpu_only_platform(environ=os.environ) -> None:
+  """On a host with no accelerator (no device files, no JAX_PLATFORMS),
+  pins JAX to the CPU. JAX would pick it anyway, but with libtpu installed
+  (`rosetta compile` needs it) the TPU plugin first probes for a TPU VM
+  and prints a screen of warnings; compiling for TPU topologies does not
+  need the TPU backend."""
+  from rosetta import allocator  # pylint: disable=import-outside-toplevel
+  if not environ.get('JAX_PLATFORMS') and not allocator.accelerator_host(
+      environ):
+    environ['JAX_PLATFORMS'] = 'cpu'
+
+
 def console_main() -> int:
   """The `rosetta` console script: first a retaining allocator (a re-exec,
-  once; rosetta/allocator.py), then `main`."""
+  once; rosetta/allocator.py) and the CPU platform on a CPU host, then
+  `main`."""
   from rosetta import allocator  # pylint: disable=import-outside-toplevel
   allocator.reexec()
+  cpu_only_platform()
   return main()

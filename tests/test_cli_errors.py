@@ -66,3 +66,29 @@ def test_an_unregistered_task_stops_before_the_run_folder(tmp_path):
       f'are in the data folder ({tmp_path}/empty); your own files: see '
       'rosetta/data/parallel_corpus.py')
   assert 'Traceback' not in p.stderr and not run.exists()
+
+
+def test_cpu_host_pins_jax_to_cpu_without_libtpu_warnings():
+  """With libtpu installed on a CPU host, JAX's TPU plugin probes for a TPU
+  VM and prints warnings; the `rosetta` command pins the CPU platform
+  there (and leaves an accelerator host, or an explicit choice, alone)."""
+  from rosetta import allocator   # pylint: disable=import-outside-toplevel
+  if allocator.accelerator_host({}):
+    pytest.skip('this host has accelerator device files')
+  env = {k: v for k, v in os.environ.items() if k != 'JAX_PLATFORMS'}
+  probe = 'import jax; print(jax.default_backend())'
+  runs = {}
+  for pin in (False, True):
+    code = ('from rosetta import cli; cli.cpu_only_platform(); ' if pin
+            else '') + probe
+    runs[pin] = subprocess.run([sys.executable, '-c', code], env=env,
+                               capture_output=True, text=True, timeout=120)
+  assert runs[True].stdout.strip() == 'cpu'
+  assert 'TPU' not in runs[True].stderr
+  assert 'TPU accelerator type' in runs[False].stderr   # libtpu's probe
+  chosen = {'JAX_PLATFORMS': 'tpu'}
+  cli.cpu_only_platform(chosen)
+  assert chosen == {'JAX_PLATFORMS': 'tpu'}
+  blank = {}
+  cli.cpu_only_platform(blank)
+  assert blank == {'JAX_PLATFORMS': 'cpu'}
