@@ -73,3 +73,47 @@ def test_registered_task_and_missing_sentinels(tmp_path):
   with pytest.raises(ValueError, match='no extra ids for sentinels'):
     list(seqio.get_mixture_or_task('test_span_corruption_no_extra')
          .get_dataset(None, split='train', shuffle=False).take(1))
+
+
+def _restore(inputs, targets, first_sentinel):
+  spans, current = {}, None
+  for t in targets[:-1]:
+    if t > first_sentinel - 100 and t <= first_sentinel:
+      current = t
+      spans[t] = []
+    else:
+      spans[current].append(t)
+  restored = []
+  for t in inputs[:-1]:
+    restored.extend(spans[t] if t in spans else [t])
+  return restored
+
+
+def test_t5_chunk_size_for_its_pretraining_lengths():
+  # T5's random_spans_helper: 568 raw tokens give 512 inputs, 114 targets.
+  assert span_corruption.tokens_per_example(512, None, 0.15, 3.0) == 568
+  assert span_corruption.corrupted_lengths(568, 0.15, 3.0) == (512, 114)
+  assert span_corruption.tokens_per_example(512, 100, 0.15, 3.0) < 568
+  with pytest.raises(ValueError, match='inputs length 2 / targets length '
+                     'None cannot hold'):
+    span_corruption.tokens_per_example(2, None, 0.15, 3.0)
+
+
+def test_long_texts_are_split_before_corrupting_so_nothing_is_cut():
+  vocab = seqio.ByteVocabulary(extra_ids=10)
+  text = ''.join(chr(ord('a') + (i * 7) % 26) for i in range(300))
+  span_corruption.register_task('test_span_corruption_long',
+                                lambda split: [text, 'short one'], vocab)
+  task = seqio.get_mixture_or_task('test_span_corruption_long')
+  lengths = {'inputs': 64, 'targets': 24}
+  examples = list(task.get_dataset(lengths, split='train', shuffle=False)
+                  .as_numpy_iterator())
+  chunk = span_corruption.tokens_per_example(64, 24, 0.15, 3.0)
+  assert len(examples) == -(-300 // chunk) + 1
+  restored = []
+  for ex in examples:
+    assert len(ex['inputs']) <= 64 and len(ex['targets']) <= 24
+    assert ex['inputs'][-1] == 1 and ex['targets'][-1] == 1   # EOS kept
+    restored.extend(_restore(list(ex['inputs']), list(ex['targets']),
+                             vocab.vocab_size - 1))
+  assert vocab.decode(restored) == text + 'short one'

@@ -83,6 +83,68 @@ def corrupt(tokens, mask, sentinel_start: int):
   return fold(~mask), fold(mask)
 
 
+def corrupted_lengths(num_tokens: int, noise_density: float,
+                      mean_span_length: float) -> tuple[int, int]:
+  """(inputs, targets) lengths, EOS included, of `num_tokens` corrupted
+  (the counts `noise_mask` draws: kept tokens + one sentinel per span;
+  noise tokens + one sentinel per span)."""
+  safe = max(num_tokens, 2)
+  num_noise = min(max(int(round(safe * noise_density)), 1), safe - 1)
+  num_spans = max(int(round(num_noise / mean_span_length)), 1)
+  return safe - num_noise + num_spans + 1, num_noise + num_spans + 1
+
+
+def tokens_per_example(inputs_length: int, targets_length: int | None,
+                       noise_density: float, mean_span_length: float) -> int:
+  """The most raw tokens whose corrupted inputs (and targets) fit the
+  feature lengths: the chunk size long texts are split to before they are
+  corrupted (T5's `random_spans_helper`), so nothing is cut from a
+  target."""
+  fits = lambda n: all(
+      length is None or got <= length for got, length in zip(
+          corrupted_lengths(n, noise_density, mean_span_length),
+          (inputs_length, targets_length)))
+  if not fits(2):
+    raise ValueError(f'span corruption: inputs length {inputs_length} / '
+                     f'targets length {targets_length} cannot hold a '
+                     'corrupted pair of tokens')
+  n = 2
+  while fits(n + 1):
+    n += 1
+  return n
+
+
+def split_to_fit(dataset, sequence_length, *, noise_density: float = 0.15,
+                 mean_span_length: float = 3.0):
+  """seqio preprocessor: tokenized 'targets' split into consecutive
+  chunks of `tokens_per_example` tokens for the task's feature lengths
+  (no split when the lengths are not given)."""
+  if not sequence_length or sequence_length.get('inputs') is None:
+    return dataset
+  size = tokens_per_example(sequence_length['inputs'],
+                            sequence_length.get('targets'), noise_density,
+                            mean_span_length)
+
+  def chunks(ex):
+    tokens = ex['targets']
+    pieces = tf.RaggedTensor.from_tensor(
+        tf.reshape(tf.pad(tokens, [[0, -tf.size(tokens) % size]]),
+                   [-1, size]),
+        lengths=_chunk_lengths(tf.size(tokens), size))
+    return tf.data.Dataset.from_tensor_slices(
+        {**{k: tf.repeat(v[None], pieces.nrows(), axis=0)
+            for k, v in ex.items() if k != 'targets'},
+         'targets': pieces})
+  return dataset.flat_map(chunks)
+
+
+def _chunk_lengths(n, size):
+  full = n // size
+  rest = n % size
+  return tf.concat([tf.fill([full], size),
+                    tf.reshape(rest, [1])[:tf.cast(rest > 0, tf.int32)]], 0)
+
+
 def span_corruption(dataset, output_features, *, noise_density: float = 0.15,
                     mean_span_length: float = 3.0,
                     sentinel_start: int | None = None, seed: int = 0):
@@ -122,6 +184,11 @@ def register_task(name: str, texts: Callable[[str], Iterable[str]],
     return tf.data.Dataset.from_tensor_slices({'targets': tf.constant(
         lines if lines else [''], tf.string)}).take(len(lines))
 
+  def split_fn(dataset, sequence_length):
+    return split_to_fit(dataset, sequence_length,
+                        noise_density=noise_density,
+                        mean_span_length=mean_span_length)
+
   def corrupt_fn(dataset, output_features):
     return span_corruption(dataset, output_features,
                            noise_density=noise_density,
@@ -135,6 +202,8 @@ def register_task(name: str, texts: Callable[[str], Iterable[str]],
       seqio.FunctionDataSource(source, splits=tuple(splits)),
       preprocessors=[
           seqio.preprocessors.tokenize,
+          # Long texts become several examples, so no target is trimmed.
+          split_fn,
           # Texts shorter than 2 tokens have nothing to corrupt.
           lambda ds: ds.filter(lambda ex: tf.size(ex['targets']) >= 2),
           corrupt_fn,
