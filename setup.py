@@ -66,6 +66,12 @@ EXTRAS = {
     'tpu': ['jax[tpu]>=0.10.2,<0.11'],
     # NVIDIA GPUs: JAX's CUDA 12 plugin (jax-cuda12-plugin + pjrt).
     'gpu': ['jax[cuda12]>=0.10.2,<0.11'],
+    # `rosetta compile --target h100-8` from a host without a GPU: the
+    # plugin alone (no CUDA libraries). Not in `test`: once installed, JAX
+    # loads it in every process and logs that no CUDA driver is there; the
+    # slow test installs it beside the venv (tests/test_aot_compile.py).
+    'gpu_compile': ['jax-cuda12-pjrt>=0.10.2,<0.11',
+                    'jax-cuda12-plugin>=0.10.2,<0.11'],
     # Outside implementations that tests and benchmarks compare against.
     # torch 2.13.0 is the CPU build; a bare `torch` would pull a CUDA build.
     # sentence-transformers: the dual-encoder peer (MultipleNegativesRanking

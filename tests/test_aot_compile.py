@@ -5,6 +5,9 @@ is checked against golden numbers (libtpu 0.0.42.1: a libtpu upgrade may
 move them; re-derive with `rosetta compile ... --json`)."""
 
 import json
+import os
+import subprocess
+import sys
 
 import gin
 import jax
@@ -171,6 +174,44 @@ def test_float_features_compile_as_floats(gin_file, bindings,
   (train, _), = command.compile_target(
       spec, topologies.parse_target('v5e-4'), log=lambda m: None)
   assert train.fits and train.traced_flops > 0
+
+
+def test_gpu_targets_name_hosts_of_eight():
+  t = topologies.parse_target('h100-16')
+  assert (t.platform, t.topology, t.num_devices) == ('cuda', '1x2x8', 16)
+  assert t.hbm_bytes == 84929347584 and t.peak_flops == 989e12
+  assert topologies.parse_target('a100-4').topology == '1x1x4'
+  with pytest.raises(ValueError, match=r'whole hosts of 8 \(e.g. h100-16\)'):
+    topologies.parse_target('h100-12')
+
+
+@pytest.mark.slow
+def test_gpu_train_step_compiles_without_a_gpu(tmp_path):
+  """`rosetta compile --target h100-2` on this CPU host: JAX's CUDA PJRT
+  plugin (installed beside the venv, as the `gpu_compile` extra would)
+  compiles the tiny train step for two H100s from their target config."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  plugin = tmp_path / 'plugin'
+  subprocess.run(
+      [sys.executable, '-m', 'pip', 'install', '--quiet', '--no-deps',
+       '--target', str(plugin), '-c', os.path.join(root, 'constraints.txt'),
+       'jax-cuda12-pjrt', 'jax-cuda12-plugin'], check=True, timeout=600)
+  out = tmp_path / 'gpu.json'
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      [str(plugin), root, os.environ.get('PYTHONPATH', '')]))
+  run = subprocess.run(
+      [sys.executable, '-m', 'rosetta', 'compile',
+       *[f'--gin_file={f}' for f in TINY],
+       "--gin.train.task_feature_lengths={'inputs': 32, 'targets': 32}",
+       '--gin.train.batch_size=16', '--target', 'h100-2', '--json', str(out)],
+      env=env, capture_output=True, text=True, timeout=900, cwd=root)
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert 'train step on h100-2: 2 devices, mesh data=2' in run.stdout
+  assert 'no cost analysis: XLA:GPU' in run.stdout
+  (row,) = json.loads(out.read_text())
+  assert row['hbm_bytes'] == 84929347584 and row['fits']
+  assert row['temp_bytes'] > 0 and row['argument_bytes'] > 0
+  assert 0.8 < row['traced_ratio'] < 1.5
 
 
 def test_compile_command_reports_does_not_fit(tmp_path, capsys):

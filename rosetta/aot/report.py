@@ -56,6 +56,7 @@ class StepReport:
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    cost = cost or {}   # XLA's GPU compiler reports none
     state_bytes = state_bytes or {}
     return cls(
         step=step, target=target.name, num_devices=target.num_devices,
@@ -235,6 +236,9 @@ def format_report(r: StepReport, tips: list[str] = ()) -> str:
                f'{verdict}')
   if r.compiler_refusal:
     lines.append(f'  the TPU compiler refused it: {r.compiler_refusal}')
+  elif not r.flops:
+    lines.append('  compiled FLOPs per step: none (this compiler gives no '
+                 'cost analysis: XLA:GPU)')
   else:
     lines.append(f'  compiled FLOPs per step: {r.flops * r.num_devices:.3e} '
                  f'({r.flops:.3e} per device)' +
@@ -251,7 +255,7 @@ def format_report(r: StepReport, tips: list[str] = ()) -> str:
   elif r.optimal_seconds > 0:
     lines.append(f"  compiler's estimated step time: {r.optimal_seconds:.4g} "
                  's (XLA cost model: a bound, not a measurement)')
-  elif not r.compiler_refusal:   # seen for v5e programs: not an estimate
+  elif not r.compiler_refusal and r.flops:   # v5e programs: not an estimate
     lines.append("  compiler's estimated step time: none (its cost model "
                  f'returned {r.optimal_seconds:.4g} s)')
   if r.mfu_bound is not None:
