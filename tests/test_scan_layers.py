@@ -245,3 +245,22 @@ def test_dual_encoder_imports_hf_files_into_scanned_towers(tmp_path):
       3, 32, 64)
   for path in got:
     np.testing.assert_array_equal(got[path], want[path], err_msg=str(path))
+
+
+def test_dual_encoder_and_reranker_towers_scan_too():
+  """Every family's T5 stack scans: a dual encoder's embeddings and a
+  reranker's scores equal their unrolled networks' (same seed)."""
+  from retrieval.dense import dual_encoder   # pylint: disable=import-outside-toplevel
+  from retrieval.rerank import reranker   # pylint: disable=import-outside-toplevel
+  tokens = jnp.asarray(_batch(seed=6)['encoder_input_tokens'])
+  out = {}
+  for scan in (False, True):
+    cfg = CFG.replace(scan_layers=scan)
+    towers = dual_encoder.DualEncoder(
+        dual_encoder.DualEncoderConfig(encoder=cfg), rngs=nnx.Rngs(7))
+    ranker = reranker.Reranker(cfg, reranker.HeadConfig(kind='rank_encoder'),
+                               rngs=nnx.Rngs(7))
+    out[scan] = (np.asarray(towers.encode(tokens)),
+                 np.asarray(ranker.score(tokens)))
+  for unrolled, scanned in zip(out[False], out[True]):
+    np.testing.assert_allclose(scanned, unrolled, rtol=1e-5, atol=1e-6)
