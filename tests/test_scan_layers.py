@@ -264,3 +264,18 @@ def test_dual_encoder_and_reranker_towers_scan_too():
                  np.asarray(ranker.score(tokens)))
   for unrolled, scanned in zip(out[False], out[True]):
     np.testing.assert_allclose(scanned, unrolled, rtol=1e-5, atol=1e-6)
+
+
+def test_a_run_of_the_other_layout_is_named():
+  from rosetta.run import param_sources   # pylint: disable=import-outside-toplevel
+  stacked = {('encoder', 'layers', 'mlp', 'wi_0'): None,
+             ('shared_embedding', 'embedding'): None}
+  unrolled_saved = {'params/encoder/layers/0/mlp/wi_0': ((32, 64), 'f'),
+                    'params/shared_embedding/embedding': ((64, 32), 'f')}
+  with pytest.raises(ValueError, match=r'runs/base step 7: its layers are '
+                     r'unrolled \(T5Config.scan_layers = False\); this '
+                     r'network wants them scanned'):
+    param_sources.check_layer_layout('runs/base', 7, stacked, unrolled_saved)
+  param_sources.check_layer_layout(   # same layout: fine
+      'runs/base', 7, {('encoder', 'layers', 0, 'mlp', 'wi_0'): None},
+      unrolled_saved)

@@ -29,6 +29,7 @@ import jax
 
 from rosetta import trainable_params
 from rosetta.checkpoint import manager as checkpoints
+from rosetta.model import layer_stack
 from rosetta.run import files
 
 SOURCES_FILE = 'param_sources.json'
@@ -120,6 +121,7 @@ def own_params(run: str, step: int, wanted: Mapping[tuple, Any]
             f'shape {tuple(shape)}; this network needs '
             f'{tuple(wanted[path].shape)} (another model size?)')
       present[path] = wanted[path]
+    check_layer_layout(run, step, wanted, saved)
     if not present:
       return {}
     target = {'params': trainable_params.unflatten(present)}
@@ -128,6 +130,27 @@ def own_params(run: str, step: int, wanted: Mapping[tuple, Any]
     ckpt.close()
   _, state, _ = restored
   return trainable_params.flatten(state['params'])
+
+
+def check_layer_layout(run: str, step: int, wanted: Mapping[tuple, Any],
+                        saved: Mapping[str, Any]) -> None:
+  """Raises when the checkpoint stores its layers in the other layout
+  (scanned vs unrolled, `layer_stack`) than this network's."""
+  def scanned(names) -> bool | None:
+    kinds = {layer_stack.stack_prefix(
+        [int(k) if k.isdigit() else k for k in name.split('/')]) is not None
+             for name in names if '/layers/' in f'/{name}/'}
+    return None if len(kinds) != 1 else kinds.pop()
+  theirs = scanned(name[len('params/'):] for name in saved
+                   if name.startswith('params/'))
+  mine = scanned(trainable_params.path_name(p) for p in wanted)
+  if theirs is not None and mine is not None and theirs != mine:
+    layout = lambda s: 'scanned (T5Config.scan_layers = True)' if s else \
+        'unrolled (T5Config.scan_layers = False)'
+    raise ValueError(
+        f'{run} step {step}: its layers are {layout(theirs)}; this network '
+        f'wants them {layout(mine)}. Set T5Config.scan_layers as the run '
+        'was trained')
 
 
 def load(sources: Sequence[Mapping[str, Any]], wanted: Mapping[tuple, Any],
