@@ -30,7 +30,9 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
@@ -96,6 +98,25 @@ def compile_row(cfg: dict, target: topologies.Target) -> dict:
   return row
 
 
+def compile_in_child(cfg: dict, target: str) -> dict:
+  """`compile_row` in a process of its own: libtpu's compiler can die
+  (a stack overflow in its codegen was seen for one config), and each
+  compile leaves memory behind; a dead child costs one row, not the run."""
+  with tempfile.TemporaryDirectory() as tmp:
+    out = os.path.join(tmp, 'row.json')
+    proc = subprocess.run(
+        [sys.executable, '-m', 'benchmarks.tpu_fit', '--one',
+         f"{cfg['name']}@{target}", '--row_out', out],
+        capture_output=True, text=True, check=False)
+    if proc.returncode == 0 and os.path.exists(out):
+      with open(out) as f:
+        return json.load(f)
+  lines = [l for l in proc.stderr.splitlines()
+           if 'Error' in l or 'SIGSEGV' in l or 'PC: @' in l]
+  raise RuntimeError(f'the compiling process exited with {proc.returncode}'
+                     + (f': {lines[-1].strip()[:300]}' if lines else ''))
+
+
 def _layers(row) -> str:
   return 'scanned' if row.get('scanned_layers') else 'unrolled'
 
@@ -147,7 +168,16 @@ def main(argv=None) -> int:
   parser.add_argument('--targets', nargs='*', default=TARGETS)
   parser.add_argument('--out', default=OUT)
   parser.add_argument('--markdown_only', action='store_true')
+  # One row in this process, written to --row_out (compile_in_child).
+  parser.add_argument('--one', help=argparse.SUPPRESS)
+  parser.add_argument('--row_out', help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
+  if args.one:
+    name, target = args.one.rsplit('@', 1)
+    cfg, = [c for c in configs() if c['name'] == name]
+    row = compile_row(cfg, topologies.parse_target(target))
+    files.atomic_write_json(args.row_out, row)
+    return 0
   rows = json.load(open(args.out)) if os.path.exists(args.out) else []
   done = {_key(r) for r in rows}
   todo = [(c, t) for c in configs() for t in args.targets
@@ -164,7 +194,7 @@ def main(argv=None) -> int:
     for i, (cfg, name) in enumerate(todo, 1):
       t0 = time.perf_counter()
       try:
-        row = compile_row(cfg, topologies.parse_target(name))
+        row = compile_in_child(cfg, name)
       except Exception as e:  # pylint: disable=broad-except
         print(f'[{i}/{len(todo)}] {cfg["name"]}@{name}: FAILED {e}',
               file=sys.stderr, flush=True)

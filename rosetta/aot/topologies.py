@@ -97,6 +97,7 @@ GPU_CONFIGS = {
              150754820096, 989e12),
 }
 GPUS_PER_HOST = 8
+FIBER_STACK_FLAG = '--fibers_default_thread_stack_size=67108864'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +128,14 @@ class Target:
     # this a second compiling process (a test worker, a running job's
     # `rosetta compile`) is refused. Nothing here drives a chip.
     os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
+    # libtpu's codegen recurses deeply estimating a large fused matmul (mT5
+    # XL's 250k-vocab logits over FSDP overflowed the default fiber stack:
+    # SIGSEGV in FusedSpatialMajorConvolution::MakeConvWindows); 64 MiB
+    # fibers compile it. Read when libtpu loads, i.e. the first topology.
+    args = os.environ.get('LIBTPU_INIT_ARGS', '')
+    if 'fibers_default_thread_stack_size' not in args:
+      os.environ['LIBTPU_INIT_ARGS'] = (
+          f'{args} {FIBER_STACK_FLAG}'.strip())
     from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
     try:
       desc = topologies.get_topology_desc(
