@@ -153,11 +153,12 @@ def test_scanned_layers_compile_smaller_with_the_same_traced_flops():
 
 @pytest.mark.parametrize('gin_file, bindings, float_features', [
     ('rerank/rankt5_encdec_xquad_tiny.gin', [], ['labels', 'teacher_scores']),
-    ('retrieval/dual_encoder_tiny_cpu.gin',
-     ["DualEncoderModel.distillation = 'margin_mse'",
-      'DualEncoderModel.num_negatives = 1',
-      "train.task_feature_lengths = {'queries': 16, 'positives': 32, "
-      "'negatives': 32}"], ['teacher_scores']),
+    pytest.param(
+        'retrieval/dual_encoder_tiny_cpu.gin',
+        ["DualEncoderModel.distillation = 'margin_mse'",
+         'DualEncoderModel.num_negatives = 1',
+         "train.task_feature_lengths = {'queries': 16, 'positives': 32, "
+         "'negatives': 32}"], ['teacher_scores'], marks=pytest.mark.slow),
 ])
 def test_float_features_compile_as_floats(gin_file, bindings,
                                           float_features):
