@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from rosetta import optimizers, partitioning, trainer
+from rosetta import optimizers, partitioning, trainable_params, trainer
 from rosetta.checkpoint import hf
 from rosetta.decoding import algorithms
 from rosetta.model import layer_stack, peft
@@ -184,36 +184,18 @@ def test_merge_lora_of_stacked_layers_equals_unrolled():
   params = jax.tree.map(
       lambda x: x + 0.1 * rng.standard_normal(x.shape).astype(x.dtype),
       params)   # B starts at zero: make the update non-trivial
-  flat = {tuple(k): v for k, v in _flatten(params)}
-  merged_unrolled = {tuple(k): v for k, v in _flatten(
-      peft.merge_lora(params, cfg.lora_scale))}
-  stacked = _unflatten(layer_stack.stack_paths(flat))
-  merged_stacked = {tuple(k): v for k, v in _flatten(
-      peft.merge_lora(stacked, cfg.lora_scale))}
+  flat = trainable_params.flatten(params)
+  merged_unrolled = trainable_params.flatten(
+      peft.merge_lora(params, cfg.lora_scale))
+  stacked = trainable_params.unflatten(layer_stack.stack_paths(flat))
+  merged_stacked = trainable_params.flatten(
+      peft.merge_lora(stacked, cfg.lora_scale))
   want = layer_stack.stack_paths(merged_unrolled)
   assert sorted(merged_stacked) == sorted(want)
   assert not any('lora' in p for p in want)
   for path in want:
     np.testing.assert_allclose(np.asarray(merged_stacked[path]), want[path],
                                rtol=1e-6, atol=1e-6, err_msg=str(path))
-
-
-def _flatten(tree, prefix=()):
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      yield from _flatten(value, prefix + (key,))
-    else:
-      yield prefix + (key,), np.asarray(value)
-
-
-def _unflatten(flat):
-  out = {}
-  for path, value in flat.items():
-    node = out
-    for key in path[:-1]:
-      node = node.setdefault(key, {})
-    node[path[-1]] = value
-  return out
 
 
 def test_hf_files_round_trip_through_a_scanned_model(tmp_path):
